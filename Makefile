@@ -1,0 +1,43 @@
+# Two entry points: `make demo` (the main job on the embedded default corpus)
+# and `make test`. Both create .venv on first use.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+TORCH_CPU_VERSION ?= 2.13.0
+STAMP  := $(VENV)/.installed
+
+.PHONY: venv test demo lint format bench clean
+
+venv: $(STAMP)
+
+# On a machine without a CUDA GPU, install the pinned CPU torch wheel first so
+# that the unpinned `torch` requirement resolves to it instead of pulling CUDA.
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip >/dev/null 2>&1 || true
+	if ! $(BIN)/python -c "import torch" 2>/dev/null; then \
+	  if command -v nvidia-smi >/dev/null 2>&1; then $(BIN)/python -m pip install -q torch; \
+	  else $(BIN)/python -m pip install -q torch==$(TORCH_CPU_VERSION); fi; \
+	fi
+	$(BIN)/python -m pip install -q -e ".[dev]"
+	touch $(STAMP)
+
+test: venv
+	$(BIN)/python -m pytest -q tests
+
+demo: venv
+	$(BIN)/dind demo
+
+lint: venv
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff format --check src tests benchmarks
+
+format: venv
+	$(BIN)/ruff format src tests benchmarks
+	$(BIN)/ruff check --fix src tests benchmarks
+
+bench: venv
+	$(BIN)/dind bench train
+
+clean:
+	rm -rf $(VENV) .pytest_cache

@@ -1,0 +1,1 @@
+"""dind: Diffusion in Diffusion."""

@@ -1,0 +1,82 @@
+"""Attention masks for block diffusion: the one copy in dind.
+
+Vectorized training (BD3-LM) feeds the concatenation x_t ⊕ x_0 of length 2L through the
+model once. With q/kv index i in [0, 2L), "clean" means i >= L and block(i) = (i mod L) // B.
+The mask is the OR of three parts:
+
+- M_BD  (block-diagonal):       same block and same half;
+- M_OBC (offset block-causal):  q in x_t, kv in x_0, block(q) > block(kv);
+- M_BC  (block-causal):         q and kv both in x_0, block(q) >= block(kv).
+
+With B = L the x_t half sees only itself: full-sequence masked diffusion (MDLM). Mixed-scale
+training draws B per example, so every function here takes either one block size or a
+(batch,) tensor of them; the weights never depend on B.
+
+SDPA takes the dense boolean mask (True = may attend). FlexAttention (CUDA) takes the same
+predicate as a ``mask_mod`` and skips the blocks it rules out entirely.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+
+def _block_diff_predicate(q_idx: Tensor, kv_idx: Tensor, seq_len: int, block_size) -> Tensor:
+    """The mask as an elementwise predicate; broadcasts over q_idx, kv_idx and block_size."""
+    q_clean = q_idx >= seq_len
+    kv_clean = kv_idx >= seq_len
+    q_block = (q_idx % seq_len) // block_size
+    kv_block = (kv_idx % seq_len) // block_size
+    block_diagonal = (q_block == kv_block) & (q_clean == kv_clean)
+    offset_block_causal = (q_block > kv_block) & kv_clean & ~q_clean
+    block_causal = (q_block >= kv_block) & kv_clean & q_clean
+    return block_diagonal | offset_block_causal | block_causal
+
+
+def block_diff_mask(
+    seq_len: int, block_size: int | Tensor, device: torch.device | str | None = None
+) -> Tensor:
+    """Boolean mask of the x_t ⊕ x_0 training input, True where attention is allowed.
+
+    block_size: an int -> (2L, 2L); a (B,) tensor (one block size per example) -> (B, 2L, 2L).
+    """
+    idx = torch.arange(2 * seq_len, device=device)
+    q_idx, kv_idx = idx[:, None], idx[None, :]  # (2L, 1), (1, 2L)
+    if isinstance(block_size, Tensor):
+        bs = block_size.to(device=device, dtype=torch.long).view(-1, 1, 1)  # (B, 1, 1)
+        return _block_diff_predicate(q_idx[None], kv_idx[None], seq_len, bs)  # (B, 2L, 2L)
+    return _block_diff_predicate(q_idx, kv_idx, seq_len, block_size)  # (2L, 2L)
+
+
+def causal_mask(seq_len: int, device: torch.device | str | None = None) -> Tensor:
+    """(L, L) lower-triangular mask for the autoregressive objective."""
+    return torch.ones(seq_len, seq_len, dtype=torch.bool, device=device).tril()
+
+
+def flex_block_diff_mask(seq_len: int, block_size: int | Tensor, device: torch.device | str):
+    """The same mask as a FlexAttention ``BlockMask`` (CUDA); per-example block sizes work."""
+    from torch.nn.attention.flex_attention import create_block_mask
+
+    if isinstance(block_size, Tensor):
+        bs = block_size.to(device=device, dtype=torch.long)
+
+        def mask_mod(b, h, q_idx, kv_idx):
+            return _block_diff_predicate(q_idx, kv_idx, seq_len, bs[b])
+
+        batch = bs.shape[0]
+    else:
+
+        def mask_mod(b, h, q_idx, kv_idx):
+            return _block_diff_predicate(q_idx, kv_idx, seq_len, block_size)
+
+        batch = None
+    return create_block_mask(mask_mod, batch, None, 2 * seq_len, 2 * seq_len, device=device)
+
+
+def flex_causal_mask(seq_len: int, device: torch.device | str):
+    from torch.nn.attention.flex_attention import create_block_mask
+
+    return create_block_mask(
+        lambda b, h, q, kv: q >= kv, None, None, seq_len, seq_len, device=device
+    )

@@ -1,0 +1,91 @@
+"""Benchmarks: the figures that speed targets are judged by (recorded in dev/LOG.md).
+
+``bench_train`` times one optimizer step of the mixed-scale BD3 objective against the AR
+objective on the same model and the same tokens, interleaving the two so that both see the
+same machine state, and reports the median seconds per step and their ratio.
+"""
+
+from __future__ import annotations
+
+import platform
+import statistics
+import time
+from typing import Any
+
+import torch
+
+from dind.config import BlockSizeDistribution, ModelConfig, preset
+from dind.loss import ar_loss, bd3_loss
+from dind.mixed_scale import sample_block_sizes
+from dind.model import DiT
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def bench_train(
+    preset_name: str = "tiny",
+    steps: int = 10,
+    batch_size: int | None = None,
+    block_sizes: str = "4,L",
+    block_probs: str = "0.9,0.1",
+    attn_backend: str = "sdpa",
+) -> dict[str, Any]:
+    run = preset(preset_name)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    L = run.model.seq_len
+    cfg = ModelConfig(**{**run.model.__dict__, "attn_backend": attn_backend, "dropout": 0.0})
+    dist = BlockSizeDistribution.parse(block_sizes.replace("L", str(L)), block_probs)
+    dist.check_divides(L)
+    B = batch_size or run.train.batch_size
+    torch.manual_seed(0)
+    model = DiT(cfg).to(device)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    x0 = torch.randint(0, cfg.mask_id, (B, L), device=device)
+    autocast = (
+        torch.autocast("cuda", dtype=torch.bfloat16)
+        if device.type == "cuda"
+        else torch.autocast("cpu", enabled=False)
+    )
+
+    def step(objective: str) -> float:
+        _sync(device)
+        t0 = time.perf_counter()
+        with autocast:
+            if objective == "bd3":
+                loss = bd3_loss(model, cfg, x0, sample_block_sizes(dist, B, device)).loss
+            else:
+                loss = ar_loss(model, cfg, x0).loss
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        _sync(device)
+        return time.perf_counter() - t0
+
+    for _ in range(2):  # warm-up (allocator, kernels, flex compilation)
+        step("bd3"), step("ar")
+    times: dict[str, list[float]] = {"bd3": [], "ar": []}
+    for _ in range(steps):
+        for objective in ("bd3", "ar"):
+            times[objective].append(step(objective))
+    bd3, ar = statistics.median(times["bd3"]), statistics.median(times["ar"])
+    return {
+        "bench": "train",
+        "preset": preset_name,
+        "device": torch.cuda.get_device_name()
+        if device.type == "cuda"
+        else platform.processor() or "cpu",
+        "threads": torch.get_num_threads(),
+        "attn_backend": attn_backend,
+        "batch_size": B,
+        "seq_len": L,
+        "params": model.num_params(),
+        "block_sizes": list(dist.block_sizes),
+        "block_probs": list(dist.probs),
+        "steps": steps,
+        "bd3_s_per_step": bd3,
+        "ar_s_per_step": ar,
+        "ratio_bd3_over_ar": bd3 / ar,
+    }

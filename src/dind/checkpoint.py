@@ -1,0 +1,213 @@
+"""Checkpoints as Hugging Face-style folders in BD3-LM's layout, written atomically.
+
+A checkpoint folder holds:
+- ``config.json``: BD3-LM's hub fields (``block_size``, ``model_length``, ``hidden_dim``, ...)
+  plus the full resolved dind config under ``"dind"``;
+- ``model.safetensors``: the EMA weights under BD3-LM's keys (``backbone.*``) and the 0-d
+  buffers ``sampling_eps_min`` / ``sampling_eps_max``;
+- ``tokenizer.json`` / ``tokenizer_config.json``: the tokenizer travels with the weights;
+- ``training_state.pt`` (training runs only): raw weights, optimizer, step; plain tensors,
+  loaded with ``weights_only=True``.
+
+Writes go to a sibling temporary folder that is renamed into place only once complete, so a
+crash never leaves a folder that looks whole. Loading is strict: a missing, unexpected or
+mis-shaped key is named in the error, never silently left at its initial value.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from dind.config import ModelConfig, RunConfig, TrainConfig
+from dind.errors import DindError
+from dind.model import DiT
+from dind.tokenizer import Tokenizer
+
+PREFIX = "backbone."
+WEIGHTS = "model.safetensors"
+CONFIG = "config.json"
+TRAINING_STATE = "training_state.pt"
+
+
+@dataclass
+class Checkpoint:
+    model: DiT
+    run_config: RunConfig
+    tokenizer: Tokenizer
+    eps_min: float
+    eps_max: float
+    path: Path
+
+
+def bd3lm_config_fields(run: RunConfig, eps_min: float, eps_max: float) -> dict[str, Any]:
+    """BD3-LM's ``config.json`` fields for this model."""
+    m, dist = run.model, run.train.block_dist
+    draft = max(zip(dist.probs, dist.block_sizes, strict=True))[1]  # the most probable block size
+    return {
+        "model_type": "bd3lm",
+        "block_size": 1 if m.causal else draft,
+        "vocab_size": m.vocab_size,
+        "model_length": m.seq_len,
+        "cross_attn": not m.causal,
+        "adaln": True,
+        "attn_backend": m.attn_backend,
+        "causal": m.causal,
+        "hidden_dim": m.hidden_dim,
+        "cond_dim": m.cond_dim,
+        "n_blocks": m.n_blocks,
+        "n_heads": m.n_heads,
+        "dropout": m.dropout,
+        "time_conditioning": m.time_conditioning,
+        "var_min": True,
+        "sampling_eps_min": eps_min,
+        "sampling_eps_max": eps_max,
+    }
+
+
+def state_dict_for_save(model: DiT, eps_min: float, eps_max: float) -> dict[str, torch.Tensor]:
+    sd = {PREFIX + k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    sd["sampling_eps_min"] = torch.tensor(float(eps_min))
+    sd["sampling_eps_max"] = torch.tensor(float(eps_max))
+    return sd
+
+
+def save_checkpoint(
+    path: str | Path,
+    model: DiT,
+    run: RunConfig,
+    tokenizer: Tokenizer,
+    eps_min: float,
+    eps_max: float,
+    training_state: dict[str, Any] | None = None,
+) -> Path:
+    """Write a complete checkpoint folder at ``path`` atomically (replacing any old one)."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
+    tmp.mkdir(parents=True)
+    try:
+        save_file(state_dict_for_save(model, eps_min, eps_max), str(tmp / WEIGHTS))
+        config = bd3lm_config_fields(run, eps_min, eps_max)
+        config["dind"] = run.to_dict()
+        (tmp / CONFIG).write_text(json.dumps(config, indent=2))
+        tokenizer.save(tmp)
+        if training_state is not None:
+            torch.save(training_state, tmp / TRAINING_STATE)
+        old = None
+        if path.exists():
+            old = path.with_name(f".{path.name}.old-{uuid.uuid4().hex[:8]}")
+            os.replace(path, old)
+        os.replace(tmp, path)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return path
+
+
+def resolve(path: str | Path) -> Path:
+    """A run folder stands for its latest checkpoint (``RUN/checkpoint``)."""
+    path = Path(path)
+    if not path.exists():
+        raise DindError(f"checkpoint not found: {path}")
+    if (path / "checkpoint" / CONFIG).exists():
+        return path / "checkpoint"
+    if not (path / CONFIG).exists():
+        raise DindError(f"{path} is not a checkpoint folder (no {CONFIG})")
+    return path
+
+
+def read_config(path: Path) -> RunConfig:
+    try:
+        config = json.loads((path / CONFIG).read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise DindError(f"cannot read {path / CONFIG}: {e}") from None
+    if "dind" in config:
+        return RunConfig.from_dict(config["dind"])
+    # A BD3-LM folder: map its fields (its vocabulary is GPT-2's plus the mask token).
+    try:
+        model = ModelConfig(
+            vocab_size=config["vocab_size"],
+            mask_id=config["vocab_size"] - 1,
+            seq_len=config["model_length"],
+            hidden_dim=config["hidden_dim"],
+            cond_dim=config["cond_dim"],
+            n_blocks=config["n_blocks"],
+            n_heads=config["n_heads"],
+            dropout=config.get("dropout", 0.1),
+            time_conditioning=config.get("time_conditioning", False),
+            causal=config.get("causal", False),
+        )
+    except KeyError as e:
+        raise DindError(f"{path / CONFIG} lacks the BD3-LM field {e}") from None
+    return RunConfig(model=model, train=TrainConfig(tokenizer="gpt2"), preset="bd3lm")
+
+
+def load_state_dict_strict(model: DiT, sd: dict[str, torch.Tensor], source: str) -> None:
+    """Copy ``backbone.*`` tensors into ``model``, naming every key that does not match."""
+    expected = {PREFIX + k: v.shape for k, v in model.state_dict().items()}
+    got = {k: v for k, v in sd.items() if k not in ("sampling_eps_min", "sampling_eps_max")}
+    missing = sorted(set(expected) - set(got))
+    unexpected = sorted(set(got) - set(expected))
+    mis_shaped = [
+        f"{k} {tuple(got[k].shape)} != {tuple(expected[k])}"
+        for k in sorted(set(got) & set(expected))
+        if tuple(got[k].shape) != tuple(expected[k])
+    ]
+    problems = []
+    for label, items in (("missing", missing), ("unexpected", unexpected), ("shape", mis_shaped)):
+        if items:
+            shown = ", ".join(items[:3]) + (f" (+{len(items) - 3} more)" if len(items) > 3 else "")
+            problems.append(f"{label}: {shown}")
+    if problems:
+        raise DindError(f"weights in {source} do not match the model: " + "; ".join(problems))
+    model.load_state_dict({k[len(PREFIX) :]: v for k, v in got.items()}, strict=True)
+
+
+def read_weights(path: Path) -> dict[str, torch.Tensor]:
+    file = path / WEIGHTS
+    if not file.exists():
+        raise DindError(f"{path} has no {WEIGHTS}")
+    try:
+        return load_file(str(file))
+    except (SafetensorError, OSError, ValueError) as e:
+        raise DindError(f"{file} is corrupt or unreadable: {str(e).splitlines()[0]}") from None
+
+
+def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Checkpoint:
+    """Load a checkpoint (or a run folder's latest) strictly; returns the model in eval mode."""
+    path = resolve(path)
+    run = read_config(path)
+    tokenizer = Tokenizer.load(path)
+    if tokenizer.vocab_size != run.model.vocab_size:
+        raise DindError(
+            f"tokenizer in {path} has {tokenizer.vocab_size} ids but the model "
+            f"{run.model.vocab_size}"
+        )
+    sd = read_weights(path)
+    model = DiT(run.model)
+    load_state_dict_strict(model, sd, str(path / WEIGHTS))
+    eps_min = float(sd.get("sampling_eps_min", torch.tensor(1e-3)))
+    eps_max = float(sd.get("sampling_eps_max", torch.tensor(1.0)))
+    return Checkpoint(model.to(device).eval(), run, tokenizer, eps_min, eps_max, path)
+
+
+def load_training_state(path: str | Path) -> dict[str, Any]:
+    path = resolve(path)
+    file = path / TRAINING_STATE
+    if not file.exists():
+        raise DindError(f"{path} has no {TRAINING_STATE}: it cannot be resumed")
+    try:
+        return torch.load(file, map_location="cpu", weights_only=True)
+    except Exception as e:  # any unpickling failure means the file is not usable
+        raise DindError(f"{file} is corrupt: {str(e).splitlines()[0][:200]}") from None

@@ -1,0 +1,308 @@
+"""Typed configuration for dind: the model, the mixed-scale block-size distribution, training.
+
+Design choices:
+- Plain dataclasses with a docstring per field and validation in ``__post_init__``; the CLI
+  builds them, presets are Python functions returning them, and the resolved config is saved
+  as JSON inside every run folder and checkpoint.
+- ``ModelConfig`` holds what the backbone's weights depend on (and BD3-LM's ``config.json``
+  fields map onto it); everything about how a model is trained lives in ``TrainConfig``.
+- Errors a user can cause raise ``DindError`` with a one-line message.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from dind.errors import DindError
+
+
+@dataclass
+class ModelConfig:
+    """The DiT backbone of BD3-LM, any size."""
+
+    vocab_size: int = 50258
+    """Embedding rows: the tokenizer's vocabulary plus one mask token (GPT-2: 50257 + 1)."""
+    mask_id: int = 50257
+    """Id of the mask token m (BD3-LM: the last id)."""
+    seq_len: int = 1024
+    """Sequence length L the model is trained at (BD3-LM's ``model_length``)."""
+    hidden_dim: int = 768
+    """Width d of the residual stream."""
+    cond_dim: int = 128
+    """Width of the time-conditioning vector c fed to every adaLN."""
+    n_blocks: int = 12
+    """Number of transformer blocks."""
+    n_heads: int = 12
+    """Attention heads; head_dim = hidden_dim / n_heads (rotary needs it even)."""
+    dropout: float = 0.1
+    """Dropout on the attention and MLP branches during training."""
+    time_conditioning: bool = False
+    """Feed the noise level to adaLN. BD3-LM's default is False (c is a learned constant)."""
+    causal: bool = False
+    """Causal attention and no x_0 half: the autoregressive baseline (``--objective ar``)."""
+    attn_backend: str = "sdpa"
+    """"sdpa" (any device) or "flex" (FlexAttention, CUDA only; same logits)."""
+
+    def __post_init__(self) -> None:
+        for name in ("vocab_size", "seq_len", "hidden_dim", "cond_dim", "n_blocks", "n_heads"):
+            if getattr(self, name) <= 0:
+                raise DindError(f"model.{name} must be positive, got {getattr(self, name)}")
+        if not 0 <= self.mask_id < self.vocab_size:
+            raise DindError(f"mask_id {self.mask_id} is outside the vocabulary {self.vocab_size}")
+        if self.hidden_dim % self.n_heads or (self.hidden_dim // self.n_heads) % 2:
+            raise DindError(
+                f"hidden_dim {self.hidden_dim} must split into {self.n_heads} heads "
+                "of even size (rotary embeddings)"
+            )
+        if not 0.0 <= self.dropout < 1.0:
+            raise DindError(f"dropout must be in [0, 1), got {self.dropout}")
+        if self.attn_backend not in ("sdpa", "flex"):
+            raise DindError(f"attn_backend must be 'sdpa' or 'flex', got {self.attn_backend!r}")
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_dim // self.n_heads
+
+
+@dataclass
+class BlockSizeDistribution:
+    """P_B of eq. 7-8: a categorical distribution over block sizes that divide L.
+
+    The paper's bimodal choice is ``block_sizes=(4, L), probs=(0.9, 0.1)`` (lambda = 0.1);
+    a fixed block size is the one-element case.
+    """
+
+    block_sizes: tuple[int, ...] = (4,)
+    """Block sizes B, each a positive divisor of L."""
+    probs: tuple[float, ...] = (1.0,)
+    """Probability of each block size; must sum to 1."""
+
+    def __post_init__(self) -> None:
+        self.block_sizes = tuple(int(b) for b in self.block_sizes)
+        self.probs = tuple(float(p) for p in self.probs)
+        if not self.block_sizes:
+            raise DindError("at least one block size is needed")
+        if len(self.block_sizes) != len(self.probs):
+            raise DindError(
+                f"{len(self.block_sizes)} block sizes but {len(self.probs)} probabilities"
+            )
+        if len(set(self.block_sizes)) != len(self.block_sizes):
+            raise DindError(f"block sizes repeat: {list(self.block_sizes)}")
+        for b in self.block_sizes:
+            if b <= 0:
+                raise DindError(f"block size must be positive, got {b}")
+        for p in self.probs:
+            if not 0.0 <= p <= 1.0 or math.isnan(p):
+                raise DindError(f"block probability must be in [0, 1], got {p}")
+        if abs(sum(self.probs) - 1.0) > 1e-6:
+            raise DindError(f"block probabilities must sum to 1, got {sum(self.probs):g}")
+
+    def check_divides(self, seq_len: int) -> None:
+        bad = [b for b in self.block_sizes if seq_len % b]
+        if bad:
+            raise DindError(f"block size(s) {bad} do not divide the sequence length {seq_len}")
+
+    @classmethod
+    def parse(cls, block_sizes: str, probs: str | None) -> BlockSizeDistribution:
+        """From the CLI's ``--block-sizes 4,1024 --block-probs 0.9,0.1`` (probs default uniform)."""
+        try:
+            sizes = tuple(int(s) for s in block_sizes.split(",") if s.strip())
+        except ValueError:
+            raise DindError(
+                f"--block-sizes must be integers separated by commas: {block_sizes!r}"
+            ) from None
+        if probs is None:
+            ps = tuple(1.0 / max(len(sizes), 1) for _ in sizes)
+        else:
+            try:
+                ps = tuple(float(p) for p in probs.split(",") if p.strip())
+            except ValueError:
+                raise DindError(
+                    f"--block-probs must be numbers separated by commas: {probs!r}"
+                ) from None
+        return cls(sizes, ps)
+
+
+@dataclass
+class NoiseConfig:
+    """Log-linear masking schedule with BD3-LM's clipped bounds [beta, omega]."""
+
+    eps_min: float = 1e-3
+    """beta: lower bound of t (and of a block's masked fraction when resampling)."""
+    eps_max: float = 1.0
+    """omega: upper bound of t."""
+    antithetic: bool = True
+    """Stratify the per-block t over all blocks of the batch (variance reduction)."""
+    resample: bool = True
+    """Redraw a block's mask when its masked fraction falls outside [beta, omega] (BD3-LM)."""
+    clip_search: bool = True
+    """At each validation, pick (beta, omega) minimising the loss variance (BD3-LM's var_min)."""
+    clip_search_widths: tuple[float, ...] = (0.5, 0.6, 0.7, 0.8, 0.9)
+    """Interval widths omega - beta tried by the search (BD3-LM's OWT recipe)."""
+    clip_search_delta: float = 0.05
+    """Step between interval starts in the search."""
+
+    def __post_init__(self) -> None:
+        self.clip_search_widths = tuple(float(w) for w in self.clip_search_widths)
+        if not 0.0 < self.eps_min <= self.eps_max <= 1.0:
+            raise DindError(
+                f"noise bounds must satisfy 0 < beta <= omega <= 1, "
+                f"got [{self.eps_min}, {self.eps_max}]"
+            )
+        if any(not 0 < w <= 1 for w in self.clip_search_widths) or self.clip_search_delta <= 0:
+            raise DindError("clip-search widths must be in (0, 1] and delta positive")
+
+
+@dataclass
+class TrainConfig:
+    """Everything about one training run except the backbone's shape."""
+
+    objective: str = "bd3"
+    """"bd3": the (mixed-scale) block diffusion NELBO; "ar": next-token loss, causal attention."""
+    block_dist: BlockSizeDistribution = field(default_factory=BlockSizeDistribution)
+    """P_B, the per-example block-size distribution (mixed-scale training)."""
+    noise: NoiseConfig = field(default_factory=NoiseConfig)
+    """Noise schedule bounds and their search."""
+    corpus: str = "shakespeare"
+    """"shakespeare" (the embedded default) or comma-separated text files/folders."""
+    tokenizer: str = "bpe"
+    """"gpt2" (BD3-LM's, vocab 50257 + mask) or "bpe" (trained on the corpus)."""
+    bpe_vocab_size: int = 4096
+    """Base vocabulary of the corpus-trained BPE."""
+    batch_size: int = 16
+    """Sequences per device per micro-step."""
+    grad_accum: int = 1
+    """Micro-steps per optimizer step (global batch = batch_size * grad_accum * world)."""
+    max_steps: int = 1000
+    """Optimizer steps to train for."""
+    lr: float = 3e-4
+    """Peak learning rate (constant after warmup, as BD3-LM)."""
+    warmup_steps: int = 100
+    """Linear warmup from 0 to lr."""
+    weight_decay: float = 0.0
+    """AdamW weight decay (BD3-LM: 0)."""
+    betas: tuple[float, float] = (0.9, 0.999)
+    """AdamW betas."""
+    grad_clip: float = 1.0
+    """Clip the global gradient norm to this (0 disables)."""
+    ema: float = 0.9999
+    """EMA decay of the weights that are saved and evaluated (0 disables)."""
+    eval_every: int = 200
+    """Validate (and save) every this many steps; 0 only at the end."""
+    eval_batches: int = 8
+    """Validation batches per evaluation."""
+    log_every: int = 10
+    """Write a metrics.jsonl line every this many steps."""
+    seed: int = 0
+    """Seeds data order, noise and initialization."""
+    compile: bool = False
+    """torch.compile the backbone."""
+    bf16: bool = True
+    """bf16 autocast on CUDA (ignored on CPU)."""
+
+    def __post_init__(self) -> None:
+        if isinstance(self.block_dist, dict):
+            self.block_dist = BlockSizeDistribution(**self.block_dist)
+        if isinstance(self.noise, dict):
+            self.noise = NoiseConfig(**self.noise)
+        self.betas = tuple(self.betas)  # type: ignore[assignment]
+        if self.objective not in ("bd3", "ar"):
+            raise DindError(f"objective must be 'bd3' or 'ar', got {self.objective!r}")
+        if self.tokenizer not in ("gpt2", "bpe"):
+            raise DindError(f"tokenizer must be 'gpt2' or 'bpe', got {self.tokenizer!r}")
+        for name in ("batch_size", "grad_accum", "max_steps", "eval_batches", "log_every"):
+            if getattr(self, name) <= 0:
+                raise DindError(f"{name.replace('_', '-')} must be positive")
+        if self.lr <= 0 or self.warmup_steps < 0 or self.eval_every < 0:
+            raise DindError("lr must be positive and warmup/eval intervals non-negative")
+        if not 0.0 <= self.ema < 1.0:
+            raise DindError(f"ema decay must be in [0, 1), got {self.ema}")
+
+
+@dataclass
+class RunConfig:
+    """What a run folder records: the model and how it is trained."""
+
+    model: ModelConfig
+    train: TrainConfig
+    preset: str = "custom"
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> RunConfig:
+        try:
+            return cls(
+                model=ModelConfig(**d["model"]),
+                train=TrainConfig(**d["train"]),
+                preset=d.get("preset", "custom"),
+            )
+        except (KeyError, TypeError) as e:
+            raise DindError(f"run config is not a dind config: {e}") from None
+
+
+# ----------------------------------------------------------------------------- presets
+
+
+def tiny() -> RunConfig:
+    """Trains usefully in minutes on 2 CPU cores: 4 x 128, L = 128, a 4096-token BPE."""
+    return RunConfig(
+        preset="tiny",
+        model=ModelConfig(
+            vocab_size=4097,
+            mask_id=4096,
+            seq_len=128,
+            hidden_dim=128,
+            cond_dim=64,
+            n_blocks=4,
+            n_heads=4,
+            dropout=0.0,
+        ),
+        train=TrainConfig(
+            block_dist=BlockSizeDistribution((4, 128), (0.9, 0.1)),
+            tokenizer="bpe",
+            bpe_vocab_size=4096,
+            batch_size=16,
+            max_steps=600,
+            lr=2e-3,
+            warmup_steps=50,
+            ema=0.99,
+            eval_every=150,
+            eval_batches=8,
+            noise=NoiseConfig(clip_search_widths=(0.5, 0.7, 0.9), clip_search_delta=0.1),
+        ),
+    )
+
+
+def small() -> RunConfig:
+    """BD3-LM's OWT model: 12 x 768, 12 heads, L = 1024, GPT-2 vocabulary; the paper's
+    mixed-scale fine-tuning mix (4, 1024) with lambda = 0.1 and BD3-LM's optimizer."""
+    return RunConfig(
+        preset="small",
+        model=ModelConfig(),
+        train=TrainConfig(
+            block_dist=BlockSizeDistribution((4, 1024), (0.9, 0.1)),
+            tokenizer="gpt2",
+            batch_size=16,
+            grad_accum=32,
+            max_steps=40_000,
+            lr=3e-4,
+            warmup_steps=2500,
+            ema=0.9999,
+            eval_every=10_000,
+            eval_batches=100,
+        ),
+    )
+
+
+PRESETS = {"tiny": tiny, "small": small}
+
+
+def preset(name: str) -> RunConfig:
+    if name not in PRESETS:
+        raise DindError(f"unknown preset {name!r}; choose from {', '.join(PRESETS)}")
+    return PRESETS[name]()

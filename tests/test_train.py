@@ -1,0 +1,275 @@
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from dind import checkpoint as ckpt
+from dind.config import BlockSizeDistribution
+from dind.errors import DindError
+from dind.loss import bd3_loss
+from dind.model import DiT
+from dind.train import read_metrics, train
+from helpers import tiny_run, write_corpus
+
+
+@pytest.fixture(autouse=True)
+def _cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("DIND_CACHE", str(tmp_path / "cache"))
+
+
+def test_tiny_model_drives_loss_down_on_a_small_batch(tiny_cfg):
+    model = DiT(tiny_cfg)
+    x0 = torch.randint(0, 32, (8, 16))
+    sizes = torch.tensor([4, 16] * 4)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+
+    def held_loss() -> float:  # the same noise draws before and after training
+        torch.manual_seed(123)
+        with torch.no_grad():
+            return sum(bd3_loss(model, tiny_cfg, x0, sizes).loss.item() for _ in range(8)) / 8
+
+    before = held_loss()
+    for step in range(150):
+        torch.manual_seed(step)
+        loss = bd3_loss(model, tiny_cfg, x0, sizes).loss
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    after = held_loss()
+    assert after < 0.5 * before, (before, after)
+
+
+def test_resume_gives_the_same_curve(tmp_path):
+    corpus = write_corpus(tmp_path / "corpus")
+    full = train(tiny_run(corpus, max_steps=12), tmp_path / "full", progress=False)
+    train(tiny_run(corpus, max_steps=6), tmp_path / "part", progress=False)
+    resumed = train(tiny_run(corpus, max_steps=12), tmp_path / "part", resume=True, progress=False)
+    a, b = read_metrics(tmp_path / "full"), read_metrics(tmp_path / "part")
+    losses_a = [(m["step"], m["loss"]) for m in a if "loss" in m]
+    losses_b = [(m["step"], m["loss"]) for m in b if "loss" in m]
+    assert [s for s, _ in losses_a] == list(range(1, 13))
+    assert losses_a == losses_b
+    assert full["val_nelbo"] == resumed["val_nelbo"]
+    wa = ckpt.read_weights(tmp_path / "full" / "checkpoint")
+    wb = ckpt.read_weights(tmp_path / "part" / "checkpoint")
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def test_checkpoint_layout_and_round_trip(tmp_path):
+    corpus = write_corpus(tmp_path / "corpus")
+    run = tiny_run(corpus, max_steps=3, eval_every=0)
+    train(run, tmp_path / "run", progress=False)
+    folder = tmp_path / "run" / "checkpoint"
+    names = {p.name for p in folder.iterdir()}
+    assert {"config.json", "model.safetensors", "tokenizer.json", "training_state.pt"} <= names
+    config = json.loads((folder / "config.json").read_text())
+    for field in (
+        "block_size",
+        "attn_backend",
+        "cross_attn",
+        "hidden_dim",
+        "cond_dim",
+        "n_blocks",
+        "n_heads",
+        "model_length",
+        "vocab_size",
+        "dropout",
+        "time_conditioning",
+        "var_min",
+    ):
+        assert field in config
+    sd = ckpt.read_weights(folder)
+    assert all(k.startswith("backbone.") for k in sd if not k.startswith("sampling_eps"))
+    assert sd["sampling_eps_min"].dim() == 0 and sd["sampling_eps_max"].dim() == 0
+    loaded = ckpt.load_checkpoint(tmp_path / "run")
+    x = torch.randint(0, loaded.model.config.mask_id, (2, 32))
+    again = ckpt.load_checkpoint(folder)
+    torch.testing.assert_close(loaded.model(x), again.model(x), rtol=0, atol=0)
+    weights = {"backbone." + k: v for k, v in loaded.model.state_dict().items()}
+    assert all(torch.equal(weights[k], sd[k]) for k in weights)
+
+
+def _write(folder: Path, sd: dict) -> None:
+    from safetensors.torch import save_file
+
+    save_file(sd, str(folder / "model.safetensors"))
+
+
+def test_strict_loading_names_the_bad_key(tmp_path):
+    corpus = write_corpus(tmp_path / "corpus")
+    train(tiny_run(corpus, max_steps=1, eval_every=0), tmp_path / "run", progress=False)
+    folder = tmp_path / "run" / "checkpoint"
+    sd = ckpt.read_weights(folder)
+    missing = dict(sd)
+    del missing["backbone.blocks.1.attn_out.weight"]
+    _write(folder, missing)
+    with pytest.raises(DindError, match=r"missing: backbone\.blocks\.1\.attn_out\.weight"):
+        ckpt.load_checkpoint(folder)
+    wrong = dict(sd)
+    wrong["backbone.blocks.0.norm1.weight"] = torch.ones(7)
+    _write(folder, wrong)
+    with pytest.raises(DindError, match=r"shape: backbone\.blocks\.0\.norm1\.weight"):
+        ckpt.load_checkpoint(folder)
+    extra = dict(sd, **{"backbone.blocks.9.norm1.weight": torch.ones(32)})
+    _write(folder, extra)
+    with pytest.raises(DindError, match=r"unexpected: backbone\.blocks\.9"):
+        ckpt.load_checkpoint(folder)
+    (folder / "model.safetensors").write_bytes(b"not a safetensors file at all")
+    with pytest.raises(DindError, match="corrupt"):
+        ckpt.load_checkpoint(folder)
+    with pytest.raises(DindError, match="not found"):
+        ckpt.load_checkpoint(tmp_path / "nowhere")
+
+
+def test_failed_save_leaves_no_complete_looking_folder(tmp_path, monkeypatch):
+    corpus = write_corpus(tmp_path / "corpus")
+    train(tiny_run(corpus, max_steps=1, eval_every=0), tmp_path / "run", progress=False)
+    loaded = ckpt.load_checkpoint(tmp_path / "run")
+
+    def boom(*a, **k):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(ckpt, "save_file", boom)
+    with pytest.raises(OSError):
+        ckpt.save_checkpoint(
+            tmp_path / "new", loaded.model, loaded.run_config, loaded.tokenizer, 1e-3, 1.0
+        )
+    assert not (tmp_path / "new").exists()
+    assert not any(p.name.startswith(".new") for p in tmp_path.iterdir())
+
+
+def test_resume_against_a_different_config_fails(tmp_path):
+    corpus = write_corpus(tmp_path / "corpus")
+    train(tiny_run(corpus, max_steps=2, eval_every=0), tmp_path / "run", progress=False)
+    with pytest.raises(DindError, match="different config"):
+        train(tiny_run(corpus, max_steps=4, lr=1e-2), tmp_path / "run", resume=True, progress=False)
+    with pytest.raises(DindError, match="already holds a run"):
+        train(tiny_run(corpus, max_steps=4), tmp_path / "run", progress=False)
+
+
+def test_init_from_fine_tunes_with_the_checkpoint_weights(tmp_path):
+    corpus = write_corpus(tmp_path / "corpus")
+    train(tiny_run(corpus, max_steps=4, eval_every=0), tmp_path / "pre", progress=False)
+    run = tiny_run(
+        corpus,
+        max_steps=1,
+        eval_every=0,
+        lr=1e-9,
+        warmup_steps=0,
+        block_dist=BlockSizeDistribution((4,), (1.0,)),
+    )
+    train(run, tmp_path / "ft", init_from=tmp_path / "pre", progress=False)
+    pre, ft = (
+        ckpt.read_weights(tmp_path / "pre" / "checkpoint"),
+        ckpt.read_weights(tmp_path / "ft" / "checkpoint"),
+    )
+    diff = max((pre[k] - ft[k]).abs().max().item() for k in pre if k.startswith("backbone"))
+    assert diff < 1e-5  # one step at lr 1e-9 from the same weights
+
+
+def test_ar_objective_trains(tmp_path):
+    corpus = write_corpus(tmp_path / "corpus")
+    last = train(
+        tiny_run(corpus, objective="ar", max_steps=30, eval_every=0),
+        tmp_path / "ar",
+        progress=False,
+    )
+    metrics = read_metrics(tmp_path / "ar")
+    assert metrics[0]["step"] == 0 and last["val_nll"] < metrics[0]["val_nll"]
+    assert ckpt.load_checkpoint(tmp_path / "ar").run_config.model.causal
+
+
+def _cli(*args, env=None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "dind.cli", *args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **(env or {})},
+        timeout=300,
+    )
+
+
+@pytest.mark.parametrize(
+    "args,msg",
+    [
+        (["--block-sizes", "4,24"], "do not divide"),
+        (["--block-sizes", "4,32", "--block-probs", "0.5,0.6"], "sum to 1"),
+        (["--block-sizes", "-4"], "positive"),
+        (["--preset", "huge"], "unknown preset"),
+        (["--corpus", "/no/such/path"], "/no/such/path"),
+    ],
+)
+def test_cli_bad_input_is_one_line(tmp_path, args, msg):
+    corpus = write_corpus(tmp_path / "corpus")
+    base = [
+        "train",
+        "--out",
+        str(tmp_path / "r"),
+        "--seq-len",
+        "32",
+        "--max-steps",
+        "1",
+        "--corpus",
+        str(corpus),
+    ]
+    res = _cli(*base, *args, env={"DIND_CACHE": str(tmp_path / "cache")})
+    assert res.returncode == 2
+    assert "Traceback" not in res.stderr
+    lines = [x for x in res.stderr.splitlines() if x.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error:") and msg in lines[0], res.stderr
+    assert not (tmp_path / "r" / "checkpoint").exists()
+
+
+def test_cli_corrupt_checkpoint_for_init_from(tmp_path):
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "config.json").write_text("{not json")
+    res = _cli("train", "--out", str(tmp_path / "r"), "--init-from", str(bad))
+    assert res.returncode == 2 and res.stderr.startswith("error:") and "config.json" in res.stderr
+
+
+def test_two_process_torchrun_keeps_replicas_identical(tmp_path):
+    corpus = write_corpus(tmp_path / "corpus")
+    out = tmp_path / "ddp"
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_port",
+        "29517",
+        "-m",
+        "dind.cli",
+        "train",
+        "--out",
+        str(out),
+        "--corpus",
+        str(corpus),
+        "--seq-len",
+        "32",
+        "--batch-size",
+        "2",
+        "--max-steps",
+        "4",
+        "--eval-every",
+        "0",
+        "--block-sizes",
+        "4,32",
+        "--block-probs",
+        "0.5,0.5",
+        "--no-progress",
+    ]
+    env = {**os.environ, "DIND_CACHE": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1"}
+    res = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    assert res.returncode == 0, res.stderr[-2000:]
+    records = read_metrics(out)
+    final = [m for m in records if "replica_max_abs_diff" in m]
+    assert final and final[-1]["replica_max_abs_diff"] == 0.0
+    steps = [m for m in records if "loss" in m]
+    # each step consumed 2 rows on each of 2 ranks
+    assert steps[-1]["step"] == 4 and steps[-1]["tokens"] == 4 * 2 * 2 * 32
