@@ -16,6 +16,7 @@ Design choices:
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -103,6 +104,14 @@ class TimestepEmbedder(nn.Module):
         return self.mlp(torch.cat([args.cos(), args.sin()], dim=-1))  # (B, cond_dim)
 
 
+@functools.cache
+def _flex_attention(device_type: str):
+    """FlexAttention, compiled on CUDA (its fused kernel); eager elsewhere (forward only)."""
+    from torch.nn.attention.flex_attention import flex_attention
+
+    return torch.compile(flex_attention, dynamic=False) if device_type == "cuda" else flex_attention
+
+
 def modulate(x: Tensor, shift: Tensor, scale: Tensor) -> Tensor:
     return x * (1 + scale) + shift
 
@@ -141,9 +150,7 @@ class DiTBlock(nn.Module):
             k = torch.cat((prefix_kv[0], k), dim=2)  # (B, H, S, hd)
             v = torch.cat((prefix_kv[1], v), dim=2)
         if self.attn_backend == "flex" and mask is not None and not isinstance(mask, Tensor):
-            from torch.nn.attention.flex_attention import flex_attention
-
-            out = flex_attention(q, k, v, block_mask=mask)
+            out = _flex_attention(q.device.type)(q, k, v, block_mask=mask)
         else:
             if mask is not None and mask.dim() == 3:  # (B, T, S) -> (B, 1, T, S)
                 mask = mask[:, None]
