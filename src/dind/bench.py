@@ -89,3 +89,55 @@ def bench_train(
         "ar_s_per_step": ar,
         "ratio_bd3_over_ar": bd3 / ar,
     }
+
+
+def bench_sample(preset_name: str = "tiny", length: int = 256, num_samples: int = 2) -> dict:
+    """Seconds per sample (batch size 1, BD3-LM's protocol) for stage 1 with and without the
+    KV cache, the full two stages (4, L) at gamma 0.25 and 0.5, and AR decoding with a KV
+    cache on a causal model of the same size; all measured in this one run."""
+    from dind.sampler import SamplerConfig, ar_generate, sample
+
+    run = preset(preset_name)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    cfg = ModelConfig(**{**run.model.__dict__, "seq_len": length, "dropout": 0.0})
+    torch.manual_seed(0)
+    model = DiT(cfg).to(device).eval()
+    # random (not zero-initialised) heads so sampling is not degenerate
+    torch.nn.init.normal_(model.output_layer.linear.weight, std=0.02)
+    bos, mask = cfg.mask_id - 1, cfg.mask_id
+
+    def timed(fn) -> float:
+        fn()  # warm-up
+        _sync(device)
+        t0 = time.perf_counter()
+        for _ in range(num_samples):
+            fn()
+        _sync(device)
+        return (time.perf_counter() - t0) / num_samples
+
+    def diffusion(stages, remask=(), cache=True):
+        scfg = SamplerConfig(stages=stages, remask=remask, length=length, kv_cache=cache)
+        return lambda: sample(model, scfg, 1, 1, bos, mask)
+
+    res = {
+        "stage1_cache": timed(diffusion((4,))),
+        "stage1_no_cache": timed(diffusion((4,), cache=False)),
+        "two_stage_gamma0.25": timed(diffusion((4, length), (0.25,))),
+        "two_stage_gamma0.5": timed(diffusion((4, length), (0.5,))),
+        "ar_cache": timed(lambda: ar_generate(model, length, 1, bos, mask)),
+    }
+    return {
+        "bench": "sample",
+        "preset": preset_name,
+        "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
+        "threads": torch.get_num_threads(),
+        "length": length,
+        "params": model.num_params(),
+        "num_samples": num_samples,
+        "seconds_per_sample": res,
+        "cache_speedup_stage1": res["stage1_no_cache"] / res["stage1_cache"],
+        "stage1_over_ar_per_token": res["stage1_cache"] / res["ar_cache"],
+        "two_stage_over_stage1": {
+            k: res[k] / res["stage1_cache"] for k in ("two_stage_gamma0.25", "two_stage_gamma0.5")
+        },
+    }

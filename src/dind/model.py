@@ -6,8 +6,8 @@ Design choices:
   mlp.{0,2},adaLN_modulation}``, ``output_layer.{norm_final,linear,adaLN_modulation}``), so a
   checkpoint is a state dict with a ``backbone.`` prefix and nothing to rename.
 - The model maps tokens to logits and nothing more: no loss, no noise, no sampling state.
-  The loss (``dind.loss``) builds the x_t ⊕ x_0 input and the mask; the sampler owns the KV
-  cache and passes it in as ``prefix_kv``.
+  The loss (``dind.loss``) builds the x_t ⊕ x_0 input and the mask; the sampler owns the
+  preallocated KV cache and passes it in.
 - Positions are explicit (both halves of x_t ⊕ x_0 take rotary positions 0..L-1), which is
   also what a KV-cached block needs.
 - The attention mask is whatever the caller passes: a dense boolean tensor for SDPA, or a
@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from dind.config import ModelConfig
+from dind.kv_cache import KVCache
 
 NEG_INF = -1e6  # BD3-LM's stand-in for -inf in SUBS (keeps logsumexp finite)
 
@@ -135,38 +136,32 @@ class DiTBlock(nn.Module):
         self.dropout = nn.Dropout(cfg.dropout)
 
     def attention(
-        self,
-        x: Tensor,
-        rope: tuple[Tensor, Tensor],
-        mask,
-        prefix_kv: tuple[Tensor, Tensor] | None,
-    ) -> tuple[Tensor, tuple[Tensor, Tensor]]:
+        self, x: Tensor, rope: tuple[Tensor, Tensor], mask, kv_cache, layer: int
+    ) -> Tensor:
         B, T, d = x.shape
         qkv = self.attn_qkv(x).view(B, T, 3, self.n_heads, d // self.n_heads)
         q, k, v = qkv.permute(2, 0, 3, 1, 4)  # each (B, H, T, hd)
         q, k = apply_rotary(q, *rope), apply_rotary(k, *rope)
-        new_kv = (k, v)
-        if prefix_kv is not None:  # clean context from the sampler's cache
-            k = torch.cat((prefix_kv[0], k), dim=2)  # (B, H, S, hd)
-            v = torch.cat((prefix_kv[1], v), dim=2)
+        if kv_cache is not None:  # clean context from the sampler's cache
+            k, v = kv_cache.write(layer, k, v)  # (B, H, S, hd), S = cached + T
         if self.attn_backend == "flex" and mask is not None and not isinstance(mask, Tensor):
             out = _flex_attention(q.device.type)(q, k, v, block_mask=mask)
         else:
             if mask is not None and mask.dim() == 3:  # (B, T, S) -> (B, 1, T, S)
                 mask = mask[:, None]
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # (B, H, T, hd)
-        return out.transpose(1, 2).reshape(B, T, d), new_kv
+        return out.transpose(1, 2).reshape(B, T, d)
 
-    def forward(self, x, c, rope, mask, prefix_kv=None):
+    def forward(self, x, c, rope, mask, kv_cache=None, layer: int = 0):
         shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = self.adaLN_modulation(c)[
             :, None
         ].chunk(6, dim=-1)  # each (B, 1, d)
-        h, new_kv = self.attention(
-            modulate(self.norm1(x), shift_msa, scale_msa), rope, mask, prefix_kv
+        h = self.attention(
+            modulate(self.norm1(x), shift_msa, scale_msa), rope, mask, kv_cache, layer
         )
         x = x + gate_msa * self.dropout(self.attn_out(h))
         x = x + gate_mlp * self.dropout(self.mlp(modulate(self.norm2(x), shift_mlp, scale_mlp)))
-        return x, new_kv
+        return x
 
 
 class EmbeddingLayer(nn.Module):
@@ -224,21 +219,24 @@ class DiT(nn.Module):
         sigma: Tensor | None = None,
         mask=None,
         positions: Tensor | None = None,
-        prefix_kv: list[tuple[Tensor, Tensor]] | None = None,
-        return_kv: bool = False,
+        kv_cache=None,
         n_logits: int | None = None,
-    ):
+        logit_index: Tensor | None = None,
+    ) -> Tensor:
         """Logits for tokens ``x``.
 
         x: (B, T) token ids.
         sigma: (B,) noise level; ignored (zeroed) unless ``time_conditioning``.
         mask: True-where-allowed attention mask (T, S), (B, T, S), a flex BlockMask, or None
-            for full bidirectional attention. S = T plus the length of ``prefix_kv``.
+            for full bidirectional attention. S = T plus the cached length.
         positions: (T,) or (B, T) rotary positions; default 0..T-1.
-        prefix_kv: per layer, (k, v) of clean context tokens, each (B, H, P, head_dim).
-        return_kv: also return this input's per-layer (k, v), to extend a cache.
-        n_logits: project only the first n positions to the vocabulary (the x_t half).
-        Returns logits (B, T, V) [, list of (k, v)].
+        kv_cache: a ``dind.kv_cache.KVCache``: x attends to its clean prefix, and x's own keys
+            and values are written just past it (the sampler decides when to keep them).
+        n_logits: project only the first n positions to the vocabulary (the x_t half;
+            0 for a pass that only fills the KV cache).
+        logit_index: (B, k) positions whose logits are wanted; the others skip the
+            vocabulary projection (the first-hitting sampler needs one per call).
+        Returns logits (B, T, V), or (B, n_logits, V), or (B, k, V).
         """
         B, T = x.shape
         if positions is None:
@@ -248,14 +246,26 @@ class DiT(nn.Module):
         c = F.silu(self.sigma_map(sigma))  # (B, cond_dim)
         rope = self.rotary_emb(positions)
         h = self.vocab_embed(x)  # (B, T, d)
-        new_kvs = []
         for i, block in enumerate(self.blocks):
-            h, kv = block(h, c, rope, mask, None if prefix_kv is None else prefix_kv[i])
-            new_kvs.append(kv)
+            h = block(h, c, rope, mask, kv_cache, i)
         if n_logits is not None:
             h = h[:, :n_logits]
-        logits = self.output_layer(h, c)  # (B, T or n_logits, V)
-        return (logits, new_kvs) if return_kv else logits
+        if logit_index is not None:
+            h = h.gather(1, logit_index[..., None].expand(-1, -1, h.shape[-1]))  # (B, k, d)
+        return self.output_layer(h, c)  # (B, T or n_logits, V)
+
+    def new_kv_cache(self, batch_size: int, max_len: int | None = None, dtype=None) -> KVCache:
+        cfg = self.config
+        p = self.vocab_embed.embedding
+        return KVCache(
+            cfg.n_blocks,
+            batch_size,
+            cfg.n_heads,
+            max_len or cfg.seq_len,
+            cfg.head_dim,
+            p.device,
+            dtype or p.dtype,
+        )
 
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())

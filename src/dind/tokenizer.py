@@ -2,14 +2,15 @@
 
 Design choices:
 - Both kinds are a Hugging Face ``tokenizers`` byte-level BPE stored as one ``tokenizer.json``
-  (plus a ``tokenizer_config.json`` that ``transformers`` accepts), so every run folder and
-  checkpoint carries its tokenizer in the same form.
-- The mask token is not a tokenizer entry: its id is one past the last real token, exactly
-  as BD3-LM (GPT-2: 50257 tokens, mask id 50257, model vocabulary 50258). ``decode`` renders
-  it as ``[MASK]``.
+  (plus a ``tokenizer_config.json`` that ``transformers.PreTrainedTokenizerFast`` accepts), so
+  every run folder and checkpoint carries its tokenizer in the same form.
+- EOS = BOS = ``<|endoftext|>``. The mask token is not a tokenizer entry: its id is one past
+  the last real token, exactly as BD3-LM (GPT-2: 50257 tokens, mask id 50257, model
+  vocabulary 50258). ``decode`` renders it as ``[MASK]`` and skips nothing else.
 - GPT-2's ranks come from ``whisper/assets/gpt2.tiktoken`` inside the PyPI sdist
-  ``openai-whisper==20250625`` (byte-identical to tiktoken's gpt2), fetched once with pip so
-  a configured index or mirror is respected; the merges are recovered from the ranks.
+  ``openai-whisper==20250625`` (byte-identical to tiktoken's gpt2), fetched once with pip so a
+  configured index or mirror is respected, and checked against a pinned sha256. The merges are
+  recovered from the ranks; the built ``tokenizer.json`` is cached next to the ranks file.
 """
 
 from __future__ import annotations
@@ -28,27 +29,35 @@ from pathlib import Path
 from tokenizers import AddedToken, decoders, models, pre_tokenizers, trainers
 from tokenizers import Tokenizer as HFTokenizer
 
-from dind.cache import cache_dir
 from dind.errors import DindError
+from dind.paths import cache_dir
 
 EOT = "<|endoftext|>"
 MASK_TEXT = "[MASK]"
+KINDS = ("gpt2", "bpe")
 WHISPER_SDIST = "openai-whisper==20250625"
 GPT2_RANKS_MEMBER = "whisper/assets/gpt2.tiktoken"
 GPT2_RANKS_SHA256 = "306cd27f03c1a714eca7108e03d66b7dc042abe8c258b44c199a7ed9838dd930"
+GPT2_EOT_ID = 50256
 
 
 class Tokenizer:
     """A byte-level BPE with dind's conventions: EOS = BOS = ``<|endoftext|>``, mask outside."""
 
     def __init__(self, hf: HFTokenizer, kind: str):
-        self.hf = hf
-        self.kind = kind
+        if kind not in KINDS:
+            raise DindError(f"unknown tokenizer kind {kind!r}; expected one of {', '.join(KINDS)}")
         eot = hf.token_to_id(EOT)
         if eot is None:
             raise DindError(f"tokenizer has no {EOT} token")
+        self.hf = hf
+        self._kind = kind
         self._eot = eot
-        self._mask = hf.get_vocab_size(with_added_tokens=True)
+        self._mask = hf.get_vocab_size(with_added_tokens=True)  # one past the last real id
+
+    @property
+    def kind(self) -> str:
+        return self._kind
 
     @property
     def eos_id(self) -> int:
@@ -71,14 +80,17 @@ class Tokenizer:
         return self.hf.encode(text).ids
 
     def encode_batch(self, texts: list[str]) -> list[list[int]]:
-        return [e.ids for e in self.hf.encode_batch(texts)]
+        """Encodes in parallel (``tokenizers`` uses all cores)."""
+        return [e.ids for e in self.hf.encode_batch(list(texts))]
 
     def decode(self, ids: Iterable[int]) -> str:
         """Text of ``ids``; mask ids become ``[MASK]``, special tokens are kept."""
-        out, run = [], []
+        out: list[str] = []
+        run: list[int] = []
         for i in ids:
             i = int(i)
             if i == self._mask:
+                # Decode the run before the mask on its own: byte-level pieces never span it.
                 out.append(self.hf.decode(run, skip_special_tokens=False))
                 out.append(MASK_TEXT)
                 run = []
@@ -88,6 +100,7 @@ class Tokenizer:
         return "".join(out)
 
     def save(self, directory: str | Path) -> None:
+        """Write ``tokenizer.json`` and a ``tokenizer_config.json`` into ``directory``."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         self.hf.save(str(directory / "tokenizer.json"))
@@ -96,26 +109,35 @@ class Tokenizer:
             "bos_token": EOT,
             "eos_token": EOT,
             "unk_token": EOT,
-            "model_max_length": 1_000_000,
+            "model_max_length": 1_000_000,  # positions are the model's business, not ours
             "dind": {"kind": self.kind, "mask_id": self.mask_id},
         }
-        (directory / "tokenizer_config.json").write_text(json.dumps(config, indent=2))
+        (directory / "tokenizer_config.json").write_text(json.dumps(config, indent=2) + "\n")
 
     @classmethod
     def load(cls, directory: str | Path) -> Tokenizer:
+        """Read back what ``save`` wrote."""
         directory = Path(directory)
         file = directory / "tokenizer.json"
-        if not file.exists():
-            raise DindError(f"{directory} has no tokenizer (tokenizer.json)")
+        if not file.is_file():
+            raise DindError(f"{directory} has no tokenizer (tokenizer.json not found)")
         try:
             hf = HFTokenizer.from_file(str(file))
         except Exception as e:  # tokenizers raises a bare Exception on bad JSON
             raise DindError(f"{file} is not a valid tokenizer: {str(e)[:200]}") from None
-        kind = "bpe"
+        info: dict = {}
         config = directory / "tokenizer_config.json"
-        if config.exists():
-            kind = json.loads(config.read_text()).get("dind", {}).get("kind", "bpe")
-        return cls(hf, kind)
+        if config.is_file():
+            try:
+                info = json.loads(config.read_text()).get("dind", {})
+            except json.JSONDecodeError:
+                raise DindError(f"{config} is not valid JSON") from None
+        tok = cls(hf, info.get("kind", "bpe"))
+        if "mask_id" in info and info["mask_id"] != tok.mask_id:
+            raise DindError(
+                f"{config} says mask id {info['mask_id']} but tokenizer.json gives {tok.mask_id}"
+            )
+        return tok
 
 
 # ----------------------------------------------------------------------------- GPT-2
@@ -125,7 +147,8 @@ def _bytes_to_unicode() -> dict[int, str]:
     """GPT-2's reversible map from bytes to printable characters."""
     printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1),
                  *range(ord("®"), ord("ÿ") + 1)]  # fmt: skip
-    mapping, extra = {b: chr(b) for b in printable}, 0
+    mapping = {b: chr(b) for b in printable}
+    extra = 0
     for b in range(256):
         if b not in mapping:
             mapping[b] = chr(256 + extra)
@@ -133,25 +156,62 @@ def _bytes_to_unicode() -> dict[int, str]:
     return mapping
 
 
+def _write_atomic(dest: Path, data: bytes) -> None:
+    # A unique temp name in the same folder: concurrent writers never share one.
+    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=dest.name + ".", suffix=".part")
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+    os.chmod(tmp, 0o644)  # mkstemp makes it owner-only; a cache may be shared
+    os.replace(tmp, dest)
+
+
 def _fetch_gpt2_ranks(dest: Path) -> None:
+    by_hand = f"place {GPT2_RANKS_MEMBER} from the {WHISPER_SDIST} sdist at {dest} by hand"
     with tempfile.TemporaryDirectory() as tmp:
         cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
                "-q", WHISPER_SDIST, "-d", tmp]  # fmt: skip
-        res = subprocess.run(cmd, capture_output=True, text=True)
-        sdists = list(Path(tmp).glob("*.tar.gz"))
-        if res.returncode != 0 or not sdists:
+        try:
+            res = subprocess.run(cmd, capture_output=True, text=True)
+            ok = res.returncode == 0
+        except OSError:
+            ok = False
+        sdists = sorted(Path(tmp).glob("*.tar.gz"))
+        if not ok or not sdists:
+            raise DindError(f"could not fetch the GPT-2 tokenizer file from PyPI; {by_hand}")
+        try:
+            with tarfile.open(sdists[0]) as tar:
+                member = next(m for m in tar.getmembers() if m.name.endswith(GPT2_RANKS_MEMBER))
+                data = tar.extractfile(member).read()
+        except (StopIteration, tarfile.TarError, AttributeError):
             raise DindError(
-                f"could not fetch the GPT-2 tokenizer file from PyPI ({WHISPER_SDIST}); "
-                f"place {GPT2_RANKS_MEMBER} from that sdist at {dest} by hand"
-            )
-        with tarfile.open(sdists[0]) as tar:
-            member = next(m for m in tar.getmembers() if m.name.endswith(GPT2_RANKS_MEMBER))
-            data = tar.extractfile(member).read()
+                f"{WHISPER_SDIST} sdist has no {GPT2_RANKS_MEMBER}; {by_hand}"
+            ) from None
     if hashlib.sha256(data).hexdigest() != GPT2_RANKS_SHA256:
-        raise DindError(f"{GPT2_RANKS_MEMBER} from {WHISPER_SDIST} has an unexpected checksum")
-    tmp_file = dest.with_suffix(".part")
-    tmp_file.write_bytes(data)
-    os.replace(tmp_file, dest)
+        raise DindError(f"{GPT2_RANKS_MEMBER} from {WHISPER_SDIST} has an unexpected sha256")
+    _write_atomic(dest, data)
+
+
+def gpt2_ranks_file() -> Path:
+    """The cached tiktoken ranks file (``cache_dir()/gpt2/gpt2.tiktoken``), fetched on first use."""
+    folder = cache_dir() / "gpt2"
+    folder.mkdir(parents=True, exist_ok=True)
+    ranks_file = folder / "gpt2.tiktoken"
+    if not ranks_file.exists():
+        _fetch_gpt2_ranks(ranks_file)
+    return ranks_file
+
+
+def _read_ranks(path: Path) -> dict[bytes, int]:
+    data = path.read_bytes()
+    if hashlib.sha256(data).hexdigest() != GPT2_RANKS_SHA256:
+        # Also guards a hand-placed file: a wrong one would silently give other ids.
+        raise DindError(f"{path} is not GPT-2's gpt2.tiktoken (sha256 mismatch); delete it")
+    ranks = {}
+    for line in data.splitlines():
+        if line.strip():
+            token, rank = line.split()
+            ranks[base64.b64decode(token)] = int(rank)
+    return ranks
 
 
 def _gpt2_from_ranks(ranks: dict[bytes, int]) -> HFTokenizer:
@@ -165,12 +225,11 @@ def _gpt2_from_ranks(ranks: dict[bytes, int]) -> HFTokenizer:
         # two parts standing are the pair that forms it.
         parts = [bytes([b]) for b in token]
         while len(parts) > 2:
-            best = min(
-                ((ranks.get(parts[i] + parts[i + 1], rank), i) for i in range(len(parts) - 1)),
+            best, i = min(
+                (ranks.get(parts[j] + parts[j + 1], rank), j) for j in range(len(parts) - 1)
             )
-            if best[0] >= rank:
+            if best >= rank:
                 break
-            i = best[1]
             parts[i : i + 2] = [parts[i] + parts[i + 1]]
         if len(parts) != 2:
             raise DindError("GPT-2 ranks file is inconsistent (a token has no merge)")
@@ -182,7 +241,7 @@ def _gpt2_from_ranks(ranks: dict[bytes, int]) -> HFTokenizer:
             a, b = merge_of(token, rank)
             merges.append((text(a), text(b)))
     vocab = {text(t): r for t, r in ranks.items()}
-    vocab[EOT] = len(ranks)  # 50256
+    vocab[EOT] = GPT2_EOT_ID
     hf = HFTokenizer(models.BPE(vocab=vocab, merges=merges))
     hf.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
     hf.decoder = decoders.ByteLevel()
@@ -190,41 +249,29 @@ def _gpt2_from_ranks(ranks: dict[bytes, int]) -> HFTokenizer:
     return hf
 
 
-def gpt2_ranks_file() -> Path:
-    folder = cache_dir() / "gpt2"
-    folder.mkdir(parents=True, exist_ok=True)
-    ranks_file = folder / "gpt2.tiktoken"
-    if not ranks_file.exists():
-        _fetch_gpt2_ranks(ranks_file)
-    return ranks_file
-
-
 def gpt2_tokenizer() -> Tokenizer:
     """GPT-2's BPE: 50257 tokens, ``<|endoftext|>`` = 50256, mask id 50257."""
-    folder = cache_dir() / "gpt2"
-    built = folder / "tokenizer.json"
+    built = cache_dir() / "gpt2" / "tokenizer.json"
     if not built.exists():
-        ranks_file = gpt2_ranks_file()
-        ranks = {}
-        for line in ranks_file.read_bytes().splitlines():
-            if line.strip():
-                token, rank = line.split()
-                ranks[base64.b64decode(token)] = int(rank)
-        hf = _gpt2_from_ranks(ranks)
-        tmp = built.with_suffix(".part")
-        hf.save(str(tmp))
-        os.replace(tmp, built)
-    return Tokenizer(HFTokenizer.from_file(str(built)), "gpt2")
+        hf = _gpt2_from_ranks(_read_ranks(gpt2_ranks_file()))
+        _write_atomic(built, hf.to_str().encode())
+    tok = Tokenizer(HFTokenizer.from_file(str(built)), "gpt2")
+    if (tok.eos_id, tok.mask_id) != (GPT2_EOT_ID, GPT2_EOT_ID + 1):
+        raise DindError(f"{built} is not GPT-2's tokenizer; delete it to rebuild")
+    return tok
 
 
 # ----------------------------------------------------------------------------- corpus BPE
 
 
 def train_bpe(texts: Iterable[str], vocab_size: int) -> Tokenizer:
-    """A byte-level BPE of ``vocab_size`` tokens (fewer if the corpus is small) trained on
-    ``texts``; any text still encodes (the 256 byte symbols are always in the vocabulary)."""
-    if vocab_size < 258:
-        raise DindError(f"BPE vocabulary must be at least 258 (bytes + {EOT}), got {vocab_size}")
+    """A byte-level BPE of ``vocab_size`` base tokens (fewer if the corpus is small) trained on
+    ``texts``; any text still encodes (the 256 byte symbols are always in the vocabulary).
+    The model vocabulary is one more (the mask)."""
+    if vocab_size < 257:
+        raise DindError(
+            f"BPE vocabulary must be at least 257 (256 bytes + {EOT}), got {vocab_size}"
+        )
     hf = HFTokenizer(models.BPE())
     hf.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
     hf.decoder = decoders.ByteLevel()
@@ -238,12 +285,14 @@ def train_bpe(texts: Iterable[str], vocab_size: int) -> Tokenizer:
     return Tokenizer(hf, "bpe")
 
 
-def get_tokenizer(name: str, texts: Iterable[str] | None = None, vocab_size: int = 4096):
-    """``"gpt2"`` or ``"bpe"`` (trained on ``texts``)."""
+def get_tokenizer(
+    name: str, texts: Iterable[str] | None = None, vocab_size: int = 4096
+) -> Tokenizer:
+    """``"gpt2"``, or ``"bpe"`` trained on ``texts`` with ``vocab_size`` base tokens."""
     if name == "gpt2":
         return gpt2_tokenizer()
     if name == "bpe":
         if texts is None:
-            raise DindError("a BPE tokenizer needs texts to train on")
+            raise DindError("the 'bpe' tokenizer needs texts to train on")
         return train_bpe(texts, vocab_size)
-    raise DindError(f"unknown tokenizer {name!r}; choose 'gpt2' or 'bpe'")
+    raise DindError(f"unknown tokenizer {name!r}; choose one of {', '.join(KINDS)}")

@@ -1,0 +1,170 @@
+"""Denoising inside one block: the first-hitting and the T-step ancestral samplers.
+
+Design choices:
+- A block's logits come from ``BlockView``: with the KV cache, the block alone against the
+  cached clean prefix; without it, the whole prefix recomputed under the block-causal mask
+  (clean blocks see only earlier clean blocks either way), which is what makes the two paths
+  give the same tokens.
+- Randomness is per sample: row r draws its positions and its Gumbel noise from its own
+  ``torch.Generator``, so sample i is the same whatever the batch it is drawn in.
+- Nucleus (top-p) sampling draws with the exponential/Gumbel trick in float64 (BD3-LM found
+  fp32 sampling shifts generative perplexity).
+- Snapshot confidence (eq. 5) is the probability the denoiser gave the committed token at the
+  moment it was committed: by default the model's own (untruncated) probability; with
+  ``confidence="nucleus"`` the top-p-renormalized one.
+- NFEs are counted per sample: a denoiser call counts for a row when that row had a masked
+  token in the block (and, for the ancestral sampler, when its tokens changed since its last
+  prediction: an unchanged block reuses the last prediction and costs nothing).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from dind.attention import block_diff_mask
+from dind.kv_cache import KVCache
+from dind.model import NEG_INF
+
+
+def block_causal_mask(seq_len: int, block_size: int, device=None) -> Tensor:
+    """(L, L) M_BC: a token sees its own block and every earlier block."""
+    return block_diff_mask(seq_len, block_size, device)[seq_len:, seq_len:]
+
+
+@dataclass
+class BlockView:
+    """How the denoiser sees block [start, end) of ``x`` at one stage."""
+
+    model: torch.nn.Module
+    block_size: int
+    cache: KVCache | None  # None: recompute the prefix on every call
+
+    @torch.no_grad()
+    def logits(self, x: Tensor, start: int, end: int, index: Tensor | None = None) -> Tensor:
+        """(B, end - start, V) logits for the block, or (B, k, V) at block offsets ``index``."""
+        if self.cache is not None:
+            pos = torch.arange(start, end, device=x.device)
+            return self.model(x[:, start:end], positions=pos, kv_cache=self.cache,
+                              logit_index=index)  # fmt: skip
+        mask = block_causal_mask(end, self.block_size, x.device)
+        if index is not None:
+            return self.model(x[:, :end], mask=mask, logit_index=index + start)
+        return self.model(x[:, :end], mask=mask)[:, start:end]
+
+    @torch.no_grad()
+    def commit(self, x: Tensor, start: int, end: int) -> None:
+        """The cache-filling pass: store the finished block's keys and values."""
+        if self.cache is not None:
+            self.model(x[:, start:end], positions=torch.arange(start, end, device=x.device),
+                       kv_cache=self.cache, n_logits=0)  # fmt: skip
+            self.cache.advance(end - start)
+
+
+def token_probs(logits: Tensor, mask_id: int) -> Tensor:
+    """Denoiser distribution over real tokens (SUBS: the mask is never predicted), float64."""
+    logits = logits.double()
+    logits[..., mask_id] = NEG_INF
+    return logits.softmax(-1)
+
+
+def nucleus_sample(probs: Tensor, top_p: float, generator: torch.Generator) -> tuple[int, float]:
+    """Draw a token from the top-p nucleus of ``probs`` (V,) float64 with the exponential trick;
+    returns the token and its nucleus-renormalized probability."""
+    p = probs
+    if top_p < 1.0:
+        sorted_p, order = probs.sort(descending=True)
+        keep = (sorted_p.cumsum(0) - sorted_p) < top_p  # smallest prefix reaching top_p
+        p = torch.zeros_like(probs)
+        p[order[keep]] = sorted_p[keep]
+        p = p / p.sum()
+    e = torch.empty_like(p).exponential_(generator=generator)
+    token = int(torch.argmax(p / e))
+    return token, float(p[token])
+
+
+@dataclass
+class DenoiseSettings:
+    mask_id: int
+    top_p: float = 0.9
+    confidence: str = "model"  # "model" (untruncated) | "nucleus"
+    sampler: str = "first_hitting"  # | "ancestral"
+    steps: int | None = None  # T for the ancestral sampler (default: the block size)
+
+
+def _commit(x, conf, r, i, probs_i, s: DenoiseSettings, gen) -> None:
+    token, p_nucleus = nucleus_sample(probs_i, s.top_p, gen)
+    x[r, i] = token
+    conf[r, i] = p_nucleus if s.confidence == "nucleus" else float(probs_i[token])
+
+
+def denoise_block(
+    view: BlockView,
+    x: Tensor,
+    conf: Tensor,
+    start: int,
+    end: int,
+    settings: DenoiseSettings,
+    generators: list[torch.Generator],
+    nfe: Tensor,
+) -> None:
+    """Fill every masked position of block [start, end) in place; ``conf`` gets the snapshot
+    confidence of each committed token, ``nfe`` (B,) the calls charged to each sample."""
+    if settings.sampler == "first_hitting":
+        _first_hitting(view, x, conf, start, end, settings, generators, nfe)
+    elif settings.sampler == "ancestral":
+        _ancestral(view, x, conf, start, end, settings, generators, nfe)
+    else:
+        raise ValueError(f"unknown sampler {settings.sampler!r}")
+
+
+def _first_hitting(view, x, conf, start, end, s, generators, nfe) -> None:
+    """Each call commits exactly one masked position per sample, chosen uniformly."""
+    masked = x[:, start:end] == s.mask_id  # (B, bs)
+    while masked.any():
+        rows = torch.nonzero(masked.any(1)).flatten().tolist()
+        picks = torch.zeros(x.shape[0], 1, dtype=torch.long, device=x.device)
+        for r in rows:  # the position does not depend on the logits: choose it first
+            candidates = torch.nonzero(masked[r]).flatten()
+            g = generators[r]
+            picks[r] = candidates[
+                torch.randint(len(candidates), (1,), generator=g, device=g.device)
+            ]
+        logits = view.logits(x, start, end, index=picks)  # (B, 1, V): only where committed
+        for r in rows:
+            j = int(picks[r])
+            _commit(x, conf, r, start + j, token_probs(logits[r, 0], s.mask_id), s, generators[r])
+            masked[r, j] = False
+            nfe[r] += 1
+
+
+def _ancestral(view, x, conf, start, end, s, generators, nfe) -> None:
+    """T steps from t = 1 to 0: a masked token is revealed between t and t - 1/T with
+    probability (1/T) / t; a block whose tokens did not change reuses its last prediction."""
+    T = s.steps or (end - start)
+    masked = x[:, start:end] == s.mask_id
+    stale = masked.any(1)  # rows whose prediction must be recomputed
+    probs = None
+    for k in range(T):
+        if not masked.any():
+            break
+        t, t_next = 1 - k / T, 1 - (k + 1) / T
+        if stale.any():
+            fresh = token_probs(view.logits(x, start, end), s.mask_id)
+            probs = fresh if probs is None else torch.where(stale[:, None, None], fresh, probs)
+            nfe += stale.long()
+        stale = torch.zeros_like(stale)
+        for r in torch.nonzero(masked.any(1)).flatten().tolist():
+            cols = torch.nonzero(masked[r]).flatten()
+            if t_next <= 0:
+                reveal = cols
+            else:
+                g = generators[r]
+                u = torch.rand(len(cols), generator=g, dtype=torch.float64, device=g.device)
+                reveal = cols[(u < (t - t_next) / t).to(cols.device)]
+            for j in reveal.tolist():
+                _commit(x, conf, r, start + j, probs[r, j], s, generators[r])
+                masked[r, j] = False
+            stale[r] = len(reveal) > 0 and bool(masked[r].any())

@@ -1,0 +1,46 @@
+"""Inter-stage remasking (section 3.2, eq. 6): which floor(gamma * L) tokens are masked again.
+
+Policies:
+- ``snapshot`` (the paper's): the lowest snapshot confidences, recorded when each token was
+  committed (a token carried through a stage keeps the score of the stage that committed it).
+- ``posthoc`` (baseline): confidences from one extra forward pass over the finished draft:
+  the whole sequence, unmasked, in one block (block size L, bidirectional), scored by the
+  model's raw distribution at each position (mask token excluded, no SUBS override, which
+  would give every visible token probability 1). That pass counts as one NFE of the stage.
+- ``random`` (baseline): a uniformly random subset, from the sample's own generator.
+
+BOS (position 0) and prompt tokens are never eligible. Ties in confidence go to the lower
+position first (a stable sort), so the choice is deterministic.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from dind.denoise import token_probs
+
+POLICIES = ("snapshot", "posthoc", "random")
+
+
+def select(
+    scores: Tensor, eligible: Tensor, n: int, policy: str, generator: torch.Generator
+) -> Tensor:
+    """Positions (sorted) to mask again for one sample: scores (L,), eligible (L,) bool."""
+    n = min(n, int(eligible.sum()))
+    if n == 0:
+        return torch.zeros(0, dtype=torch.long)
+    if policy == "random":
+        candidates = torch.nonzero(eligible.cpu()).flatten()
+        order = torch.randperm(len(candidates), generator=generator, device=generator.device)
+        return candidates[order[:n].cpu()].sort().values
+    ranked = torch.where(eligible.cpu(), scores.double().cpu(), torch.tensor(float("inf")))
+    order = torch.sort(ranked, stable=True).indices  # ties: lower position first
+    return order[:n].sort().values
+
+
+@torch.no_grad()
+def posthoc_scores(model: torch.nn.Module, x: Tensor, mask_id: int) -> Tensor:
+    """(B, L) probability of each token of the finished draft under one full forward pass."""
+    probs = token_probs(model(x), mask_id)  # (B, L, V), bidirectional over the whole draft
+    return probs.gather(-1, x[..., None]).squeeze(-1)

@@ -1,0 +1,284 @@
+"""Multi-stage draft-then-refine sampling (Algorithm 1) and autoregressive decoding.
+
+Stage 1 drafts the sequence block by block with a small block size; stage k > 1 masks again
+the floor(gamma_k * L) lowest-confidence tokens of stage k-1's output and walks the sequence
+with a larger block size, so a stage whose block size is L is one bidirectional pass over the
+whole sequence. Inside every stage earlier blocks are clean context through an exact KV cache
+(one cache-filling pass per finished block, counted apart from NFEs), and tokens that are not
+masked stay fixed. The sampler owns the cache and the per-sample random generators; the
+in-block samplers live in ``dind.denoise``, the remasking policies in ``dind.remask``.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+from tqdm import tqdm
+
+from dind import remask
+from dind.denoise import BlockView, DenoiseSettings, denoise_block, nucleus_sample, token_probs
+from dind.errors import DindError
+
+
+@dataclass
+class SamplerConfig:
+    """One sampling run: the stages of Algorithm 1 and how each block is denoised."""
+
+    stages: tuple[int, ...] = (4,)
+    """Block size of each stage, strictly increasing, each dividing L; (4,) is plain BD3-LM."""
+    remask: tuple[float, ...] = ()
+    """gamma_k for each stage after the first, in [0, 1]."""
+    remask_policy: str = "snapshot"
+    """snapshot (the paper's) | posthoc | random."""
+    length: int = 1024
+    """Sequence length L, BOS included."""
+    top_p: float = 0.9
+    """Nucleus mass; 1.0 samples from the full distribution."""
+    sampler: str = "first_hitting"
+    """first_hitting (one token per call, BD3-LM's protocol) | ancestral (T steps per block)."""
+    steps: int | None = None
+    """T for the ancestral sampler (default: the block size)."""
+    kv_cache: bool = True
+    """Keep clean blocks' keys/values; False recomputes the prefix on every call."""
+    confidence: str = "model"
+    """Snapshot confidence: the model's untruncated probability, or "nucleus"."""
+    seed: int = 0
+    """Sample i draws from its own generator seeded from (seed, i)."""
+
+    def __post_init__(self) -> None:
+        self.stages = tuple(int(b) for b in self.stages)
+        self.remask = tuple(float(g) for g in self.remask)
+        if not self.stages:
+            raise DindError("at least one stage is needed")
+        if any(b <= 0 for b in self.stages):
+            raise DindError(f"stage block sizes must be positive: {list(self.stages)}")
+        if any(b >= c for b, c in zip(self.stages, self.stages[1:], strict=False)):
+            raise DindError(f"stage block sizes must strictly increase: {list(self.stages)}")
+        bad = [b for b in self.stages if self.length % b]
+        if bad:
+            raise DindError(f"stage block size(s) {bad} do not divide the length {self.length}")
+        if len(self.remask) != len(self.stages) - 1:
+            raise DindError(
+                f"{len(self.stages)} stages need {len(self.stages) - 1} remask ratio(s), "
+                f"got {len(self.remask)}"
+            )
+        if any(not 0.0 <= g <= 1.0 or math.isnan(g) for g in self.remask):
+            raise DindError(f"remask ratios must be in [0, 1]: {list(self.remask)}")
+        if self.remask_policy not in remask.POLICIES:
+            raise DindError(f"remask policy must be one of {', '.join(remask.POLICIES)}")
+        if not 0.0 < self.top_p <= 1.0:
+            raise DindError(f"top-p must be in (0, 1], got {self.top_p}")
+        if self.sampler not in ("first_hitting", "ancestral"):
+            raise DindError("sampler must be 'first_hitting' or 'ancestral'")
+        if self.steps is not None and self.steps <= 0:
+            raise DindError("steps must be positive")
+        if self.confidence not in ("model", "nucleus"):
+            raise DindError("confidence must be 'model' or 'nucleus'")
+
+
+@dataclass
+class Sample:
+    """One sequence and its trajectory through the stages (the sampler's JSONL record)."""
+
+    index: int
+    seed: int
+    stage_tokens: list[list[int]] = field(default_factory=list)
+    snapshot_confidence: list[list[float]] = field(default_factory=list)
+    remasked: list[list[int]] = field(default_factory=list)
+    nfe: list[int] = field(default_factory=list)
+    cache_passes: list[int] = field(default_factory=list)
+    seconds: list[float] = field(default_factory=list)
+
+    @property
+    def tokens(self) -> list[int]:
+        return self.stage_tokens[-1]
+
+
+def sample_seed(seed: int, index: int) -> int:
+    return (seed * 1_000_003 + index * 7_919 + 1) % (2**63)
+
+
+def _prefix(length: int, bos_id: int, prompt: list[int] | None) -> list[int]:
+    prefix = [bos_id] + list(prompt or [])
+    if len(prefix) > length:
+        raise DindError(
+            f"prompt of {len(prefix) - 1} tokens does not fit in length {length} (with BOS)"
+        )
+    return prefix
+
+
+@torch.no_grad()
+def run_stage(
+    model: torch.nn.Module,
+    x: Tensor,
+    conf: Tensor,
+    block_size: int,
+    settings: DenoiseSettings,
+    generators: list[torch.Generator],
+    use_cache: bool,
+) -> tuple[Tensor, Tensor]:
+    """One stage of Algorithm 1 over a batch, in place: returns (nfe, cache_passes) per row."""
+    B, L = x.shape
+    nfe = torch.zeros(B, dtype=torch.long)
+    passes = torch.zeros(B, dtype=torch.long)
+    cache = model.new_kv_cache(B, L) if use_cache and block_size < L else None
+    view = BlockView(model, block_size, cache)
+    for start in range(0, L, block_size):
+        end = start + block_size
+        if (x[:, start:end] == settings.mask_id).any():
+            denoise_block(view, x, conf, start, end, settings, generators, nfe)
+        if cache is not None and end < L:
+            view.commit(x, start, end)
+            passes += 1
+    return nfe, passes
+
+
+@torch.no_grad()
+def sample_batch(
+    model: torch.nn.Module,
+    cfg: SamplerConfig,
+    indices: list[int],
+    bos_id: int,
+    mask_id: int,
+    prompt: list[int] | None = None,
+) -> list[Sample]:
+    """Draw the samples ``indices`` together (the result does not depend on the grouping)."""
+    device = next(model.parameters()).device
+    L, B = cfg.length, len(indices)
+    prefix = _prefix(L, bos_id, prompt)
+    seeds = [sample_seed(cfg.seed, i) for i in indices]
+    generators = [torch.Generator(device=device).manual_seed(s) for s in seeds]
+    settings = DenoiseSettings(mask_id, cfg.top_p, cfg.confidence, cfg.sampler, cfg.steps)
+    x = torch.full((B, L), mask_id, dtype=torch.long, device=device)
+    x[:, : len(prefix)] = torch.tensor(prefix, device=device)
+    conf = torch.zeros(B, L, dtype=torch.float64, device=device)
+    conf[:, : len(prefix)] = 1.0  # BOS and prompt: given, never remasked
+    eligible = torch.ones(L, dtype=torch.bool)
+    eligible[: len(prefix)] = False
+    samples = [Sample(i, s) for i, s in zip(indices, seeds, strict=True)]
+    for k, block_size in enumerate(cfg.stages):
+        t0 = time.perf_counter()
+        extra = torch.zeros(B, dtype=torch.long)
+        if k == 0:
+            chosen = [[] for _ in range(B)]
+        else:
+            n = math.floor(cfg.remask[k - 1] * L)
+            scores = conf
+            if cfg.remask_policy == "posthoc" and n > 0:
+                scores = remask.posthoc_scores(model, x, mask_id)
+                extra += 1  # the extra forward pass is a denoiser call of this stage
+            chosen = [
+                remask.select(scores[r], eligible, n, cfg.remask_policy, generators[r])
+                for r in range(B)
+            ]
+            for r, pos in enumerate(chosen):
+                x[r, pos.to(device)] = mask_id
+        nfe, passes = run_stage(model, x, conf, block_size, settings, generators, cfg.kv_cache)
+        seconds = (time.perf_counter() - t0) / B  # the batch's time, shared equally
+        tokens, confidences = x.tolist(), conf.tolist()
+        for r, s in enumerate(samples):
+            s.remasked.append([int(p) for p in chosen[r]])
+            s.stage_tokens.append(tokens[r])
+            s.snapshot_confidence.append(confidences[r])
+            s.nfe.append(int(nfe[r] + extra[r]))
+            s.cache_passes.append(int(passes[r]))
+            s.seconds.append(seconds)
+    return samples
+
+
+def sample(
+    model: torch.nn.Module,
+    cfg: SamplerConfig,
+    num_samples: int,
+    batch_size: int,
+    bos_id: int,
+    mask_id: int,
+    prompt: list[int] | None = None,
+    progress: bool = False,
+) -> list[Sample]:
+    """Draw ``num_samples`` sequences, ``batch_size`` at a time (Algorithm 1)."""
+    if num_samples <= 0 or batch_size <= 0:
+        raise DindError("num-samples and batch-size must be positive")
+    model_len = getattr(getattr(model, "config", None), "seq_len", cfg.length)
+    if cfg.length > model_len:
+        raise DindError(f"length {cfg.length} exceeds the model's sequence length {model_len}")
+    _prefix(cfg.length, bos_id, prompt)  # fail before any work
+    model.eval()
+    out: list[Sample] = []
+    with tqdm(total=num_samples, disable=not progress, desc="sample", unit="seq") as bar:
+        for first in range(0, num_samples, batch_size):
+            idx = list(range(first, min(first + batch_size, num_samples)))
+            out += sample_batch(model, cfg, idx, bos_id, mask_id, prompt)
+            bar.update(len(idx))
+    return out
+
+
+@torch.no_grad()
+def ar_generate(
+    model: torch.nn.Module,
+    length: int,
+    batch_size: int,
+    bos_id: int,
+    mask_id: int,
+    top_p: float = 0.9,
+    seed: int = 0,
+    use_cache: bool = True,
+) -> tuple[Tensor, int]:
+    """Left-to-right decoding of a causal model with a KV cache; returns tokens and NFEs."""
+    device = next(model.parameters()).device
+    generators = [torch.Generator(device=device).manual_seed(sample_seed(seed, i))
+                  for i in range(batch_size)]  # fmt: skip
+    x = torch.full((batch_size, length), bos_id, dtype=torch.long, device=device)
+    cache = model.new_kv_cache(batch_size, length) if use_cache else None
+    for i in range(length - 1):
+        if cache is not None:
+            logits = model(x[:, i : i + 1], positions=torch.arange(i, i + 1, device=device),
+                           kv_cache=cache)[:, -1]  # fmt: skip
+            cache.advance(1)
+        else:
+            causal = torch.ones(i + 1, i + 1, dtype=torch.bool, device=device).tril()
+            logits = model(x[:, : i + 1], mask=causal)[:, -1]
+        probs = token_probs(logits, mask_id)
+        for r in range(batch_size):
+            x[r, i + 1] = nucleus_sample(probs[r], top_p, generators[r])[0]
+    return x, length - 1
+
+
+def sample_record(s: Sample, tokenizer, cfg: SamplerConfig) -> dict:
+    """The JSONL record of one sample (other tools read these keys)."""
+    return {
+        "index": s.index,
+        "seed": s.seed,
+        "text": tokenizer.decode(s.tokens[1:]),  # position 0 is BOS
+        "stages": list(cfg.stages),
+        "remask_ratios": list(cfg.remask),
+        "remask_policy": cfg.remask_policy,
+        "stage_tokens": s.stage_tokens,
+        "snapshot_confidence": s.snapshot_confidence,
+        "remasked": s.remasked,
+        "nfe": s.nfe,
+        "cache_passes": s.cache_passes,
+        "seconds": s.seconds,
+    }
+
+
+def write_samples(path, samples: list[Sample], tokenizer, cfg: SamplerConfig) -> None:
+    """Write the JSONL file atomically: a temporary file renamed into place when complete."""
+    import json
+    import os
+    from pathlib import Path
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.part")
+    try:
+        with open(tmp, "w") as f:
+            for s in samples:
+                f.write(json.dumps(sample_record(s, tokenizer, cfg)) + "\n")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)

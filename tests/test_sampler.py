@@ -1,0 +1,298 @@
+import json
+import math
+import os
+import subprocess
+import sys
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from dind import remask
+from dind.errors import DindError
+from dind.kv_cache import KVCache
+from dind.model import DiT
+from dind.sampler import SamplerConfig, ar_generate, sample
+from helpers import tiny_run, write_corpus
+
+MASK, BOS, V = 20, 19, 21
+
+
+class MockDenoiser(torch.nn.Module):
+    """Logits are a fixed function of exactly the (token, position) pairs a query can see, so
+    any mistake in which context a call gets changes the samples."""
+
+    def __init__(self, seq_len: int = 32, context_free: bool = False):
+        super().__init__()
+        self.config = SimpleNamespace(seq_len=seq_len)
+        self.anchor = torch.nn.Parameter(torch.zeros(()))
+        self.context_free = context_free
+
+    def new_kv_cache(self, batch_size, max_len=None, dtype=None):
+        return KVCache(1, batch_size, 1, max_len or self.config.seq_len, 1, dtype=torch.float64)
+
+    def forward(self, x, sigma=None, mask=None, positions=None, kv_cache=None, n_logits=None,
+                logit_index=None):  # fmt: skip
+        B, T = x.shape
+        pos = torch.arange(T) if positions is None else positions
+        k = x.double()[:, None, :, None]  # (B, 1, T, 1): the token
+        v = pos.double().expand(B, T)[:, None, :, None]  # its position
+        if kv_cache is not None:
+            k, v = kv_cache.write(0, k, v)
+        toks, kpos = k[:, 0, :, 0], v[:, 0, :, 0]  # (B, S)
+        vis = torch.ones(T, toks.shape[1], dtype=torch.bool) if mask is None else mask
+        feat = (vis.double() * ((toks + 1) * (kpos + 1))[:, None, :]).sum(-1)  # (B, T)
+        if self.context_free:
+            feat = torch.zeros_like(feat)
+        vocab = torch.arange(V, dtype=torch.float64)
+        logits = 3 * torch.cos(feat[..., None] * 0.37 + vocab * 1.3 + pos[:, None] * 0.11)
+        if n_logits is not None:
+            logits = logits[:, :n_logits]
+        if logit_index is not None:
+            logits = logits.gather(1, logit_index[..., None].expand(-1, -1, V))
+        return logits.float()
+
+
+def run(cfg: SamplerConfig, n=3, batch=3, model=None, prompt=None):
+    return sample(model or MockDenoiser(cfg.length), cfg, n, batch, BOS, MASK, prompt)
+
+
+@pytest.mark.parametrize(
+    "stages,remask_ratios",
+    [((1,), ()), ((2,), ()), ((4,), ()), ((8,), ()), ((4, 32), (0.5,)), ((2, 8, 32), (0.25, 0.5))],
+)
+def test_kv_cache_gives_the_tokens_of_recompute(stages, remask_ratios):
+    base = dict(stages=stages, remask=remask_ratios, length=32, seed=5)
+    a = run(SamplerConfig(**base, kv_cache=True))
+    b = run(SamplerConfig(**base, kv_cache=False))
+    assert [s.stage_tokens for s in a] == [s.stage_tokens for s in b]
+    assert [s.snapshot_confidence for s in a] == [s.snapshot_confidence for s in b]
+    assert all(p > 0 for s in a for p in s.cache_passes[:1]) or stages[0] == 32
+
+
+@pytest.mark.parametrize("block_size", [2, 4, 16])
+def test_kv_cache_exact_with_a_real_model(tiny_cfg, block_size):
+    model = DiT(tiny_cfg).eval()
+    torch.nn.init.normal_(model.output_layer.linear.weight, std=0.5)
+    for blk in model.blocks:
+        torch.nn.init.normal_(blk.adaLN_modulation.weight, std=0.2)
+    outs = [
+        sample(
+            model, SamplerConfig(stages=(block_size,), length=16, kv_cache=c, seed=2), 2, 2, 31, 32
+        )  # fmt: skip
+        for c in (True, False)
+    ]
+    assert outs[0][0].tokens == outs[1][0].tokens and outs[0][1].tokens == outs[1][1].tokens
+
+
+def test_gamma_zero_changes_nothing():
+    (s,) = run(SamplerConfig(stages=(4, 32), remask=(0.0,), length=32), n=1, batch=1)
+    assert s.stage_tokens[1] == s.stage_tokens[0]
+    assert s.remasked[1] == [] and s.nfe[1] == 0
+
+
+@pytest.mark.parametrize("policy", ["snapshot", "posthoc", "random"])
+def test_remasking_picks_exactly_floor_gamma_L(policy):
+    L, gamma = 32, 0.3
+    samples = run(SamplerConfig(stages=(4, 32), remask=(gamma,), remask_policy=policy, length=L))
+    n = math.floor(gamma * L)
+    for s in samples:
+        chosen = s.remasked[1]
+        assert len(chosen) == n and len(set(chosen)) == n and 0 not in chosen
+        before, after = s.stage_tokens
+        assert all(before[i] == after[i] for i in range(L) if i not in chosen)
+        assert MASK not in after
+        assert s.nfe[1] == n + (1 if policy == "posthoc" else 0)
+        if policy == "snapshot":  # exactly the n lowest confidences, ties to lower positions
+            conf = s.snapshot_confidence[0]
+            order = sorted(range(1, L), key=lambda i: (conf[i], i))
+            assert chosen == sorted(order[:n])
+            # committed tokens keep their score; re-filled ones get the new stage's
+            assert all(s.snapshot_confidence[1][i] == conf[i] for i in range(L) if i not in chosen)
+
+
+def test_ties_are_broken_by_position_and_bos_is_never_chosen():
+    scores = torch.tensor([0.0, 0.5, 0.2, 0.2, 0.2, 0.9])
+    eligible = torch.tensor([False, True, True, True, True, True])
+    g = torch.Generator().manual_seed(0)
+    assert remask.select(scores, eligible, 2, "snapshot", g).tolist() == [2, 3]
+    assert remask.select(scores, eligible, 9, "snapshot", g).tolist() == [1, 2, 3, 4, 5]
+
+
+def test_snapshot_confidence_is_the_probability_at_commit_time():
+    """With context-free logits the commit-time distribution is known in closed form."""
+    L = 16
+    model = MockDenoiser(L, context_free=True)
+    (s,) = sample(model, SamplerConfig(stages=(4,), length=L, top_p=1.0), 1, 1, BOS, MASK)
+    logits = model(torch.zeros(1, L, dtype=torch.long)).double()
+    logits[..., MASK] = -1e6
+    probs = logits.softmax(-1)[0]
+    for i in range(1, L):
+        assert s.snapshot_confidence[0][i] == pytest.approx(float(probs[i, s.tokens[i]]), rel=1e-9)
+    assert s.snapshot_confidence[0][0] == 1.0  # BOS
+
+
+def test_same_seed_same_samples_whatever_the_batch_size():
+    cfg = SamplerConfig(stages=(4, 32), remask=(0.5,), length=32, seed=11)
+    one = run(cfg, n=4, batch=1)
+    four = run(cfg, n=4, batch=4)
+    three = run(cfg, n=4, batch=3)
+    assert [s.stage_tokens for s in one] == [s.stage_tokens for s in four]
+    assert [s.stage_tokens for s in one] == [s.stage_tokens for s in three]
+    assert len({tuple(s.tokens) for s in one}) > 1  # different samples differ
+    other = run(SamplerConfig(stages=(4, 32), remask=(0.5,), length=32, seed=12), n=4)
+    assert [s.tokens for s in other] != [s.tokens for s in one]
+
+
+def test_every_position_filled_and_nfe_accounting():
+    L = 32
+    cfg = SamplerConfig(stages=(4, 16, 32), remask=(0.25, 0.5), length=L)
+    for s in run(cfg):
+        assert all(MASK not in toks for toks in s.stage_tokens)
+        assert s.nfe == [L - 1, 8, 16]  # every masked position once (BOS is given)
+        assert s.cache_passes == [L // 4 - 1, L // 16 - 1, 0]
+        assert len(s.seconds) == 3 and s.tokens[0] == BOS
+
+
+def test_prompt_is_fixed_in_every_stage():
+    prompt = [3, 4, 5, 6, 7]
+    cfg = SamplerConfig(stages=(4, 32), remask=(1.0,), length=32)
+    for s in run(cfg, prompt=prompt):
+        for toks in s.stage_tokens:
+            assert toks[:6] == [BOS, *prompt]
+        assert min(s.remasked[1]) == 6 and len(s.remasked[1]) == 32 - 6
+        assert s.nfe[0] == 32 - 6
+
+
+def test_ancestral_sampler():
+    base = dict(stages=(4, 32), remask=(0.5,), length=32, sampler="ancestral", steps=8)
+    a = run(SamplerConfig(**base, kv_cache=True))
+    b = run(SamplerConfig(**base, kv_cache=False))
+    assert [s.stage_tokens for s in a] == [s.stage_tokens for s in b]
+    for s in a:
+        assert MASK not in s.tokens
+        assert s.nfe[0] <= 8 * (32 // 4)  # at most T calls per block, fewer when reused
+        assert s.nfe[1] <= 8
+
+
+def test_ar_decoding_cache_matches_recompute(tiny_cfg):
+    model = DiT(tiny_cfg).eval()
+    torch.nn.init.normal_(model.output_layer.linear.weight, std=0.5)
+    a, n = ar_generate(model, 16, 2, 31, 32, seed=3, use_cache=True)
+    b, _ = ar_generate(model, 16, 2, 31, 32, seed=3, use_cache=False)
+    assert torch.equal(a, b) and n == 15 and (a[:, 0] == 31).all()
+
+
+@pytest.mark.parametrize(
+    "kwargs,msg",
+    [
+        (dict(stages=(16, 4), remask=(0.5,)), "strictly increase"),
+        (dict(stages=(4, 12), remask=(0.5,)), "do not divide"),
+        (dict(stages=(4, 32), remask=(1.5,)), r"\[0, 1\]"),
+        (dict(stages=(4, 32), remask=()), "need 1 remask"),
+        (dict(stages=(4,), remask=(0.5,)), "need 0 remask"),
+        (dict(stages=(4,), remask_policy="best"), "policy"),
+    ],
+)
+def test_bad_sampler_config(kwargs, msg):
+    with pytest.raises(DindError, match=msg):
+        SamplerConfig(length=32, **kwargs)
+
+
+def test_prompt_longer_than_L_is_an_error():
+    with pytest.raises(DindError, match="does not fit"):
+        run(SamplerConfig(stages=(4,), length=8), prompt=list(range(10)))
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory):
+    """A tiny model trained briefly once for this module's end-to-end tests."""
+    from dind.train import train
+
+    tmp = tmp_path_factory.mktemp("sampler")
+    old = os.environ.get("DIND_CACHE")
+    os.environ["DIND_CACHE"] = str(tmp / "cache")
+    try:
+        corpus = write_corpus(tmp / "corpus")
+        train(tiny_run(corpus, max_steps=40, eval_every=0), tmp / "run", progress=False)
+    finally:
+        if old is None:
+            os.environ.pop("DIND_CACHE")
+        else:
+            os.environ["DIND_CACHE"] = old
+    return tmp
+
+
+def _cli(*args, cache) -> subprocess.CompletedProcess:
+    env = {**os.environ, "DIND_CACHE": str(cache)}
+    return subprocess.run([sys.executable, "-m", "dind.cli", *args], capture_output=True,
+                          text=True, env=env, timeout=300)  # fmt: skip
+
+
+def test_trained_model_samples_end_to_end(trained_run):
+    out = trained_run / "samples.jsonl"
+    res = _cli("sample", "--checkpoint", str(trained_run / "run"), "--out", str(out),
+               "--stages", "4,32", "--remask", "0.5", "--num-samples", "3", "--batch-size", "2",
+               "--length", "32", "--seed", "1", "--show", "--no-progress",
+               cache=trained_run / "cache")  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(records) == 3
+    for r in records:
+        for key in ("text", "stage_tokens", "snapshot_confidence", "remasked", "nfe", "seconds",
+                    "seed"):  # fmt: skip
+            assert key in r
+        assert (
+            len(r["stage_tokens"]) == 2 and r["remasked"][0] == [] and len(r["remasked"][1]) == 16
+        )
+        assert len(set(r["stage_tokens"][1])) > 5  # not all one token
+        assert isinstance(r["text"], str) and r["text"]
+    assert "stage 2" in res.stdout
+
+
+@pytest.mark.parametrize(
+    "args,msg",
+    [
+        (["--stages", "8,4", "--remask", "0.5"], "strictly increase"),
+        (["--stages", "4,32", "--remask", "2"], "[0, 1]"),
+        (["--stages", "4,32", "--remask", "0.5,0.5"], "remask ratio"),
+        (["--stages", "5"], "do not divide"),
+        (["--prompt", "the king " * 40], "does not fit"),
+    ],
+)
+def test_cli_bad_sampling_input(trained_run, args, msg):
+    out = trained_run / "bad.jsonl"
+    res = _cli(
+        "sample",
+        "--checkpoint",
+        str(trained_run / "run"),
+        "--out",
+        str(out),
+        "--length",
+        "32",
+        "--no-progress",
+        *args,
+        cache=trained_run / "cache",
+    )
+    assert res.returncode == 2 and "Traceback" not in res.stderr
+    lines = [x for x in res.stderr.splitlines() if x.strip()]
+    assert len(lines) == 1 and msg in lines[0], res.stderr
+    assert not out.exists() and not list(trained_run.glob(".bad.jsonl*"))
+
+
+def test_cli_checkpoint_without_tokenizer(trained_run, tmp_path):
+    import shutil
+
+    broken = tmp_path / "ck"
+    shutil.copytree(trained_run / "run" / "checkpoint", broken)
+    (broken / "tokenizer.json").unlink()
+    res = _cli(
+        "sample",
+        "--checkpoint",
+        str(broken),
+        "--out",
+        str(tmp_path / "s.jsonl"),
+        cache=trained_run / "cache",
+    )
+    assert res.returncode == 2 and "no tokenizer" in res.stderr
+    assert not (tmp_path / "s.jsonl").exists()
