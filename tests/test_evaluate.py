@@ -1,0 +1,116 @@
+import json
+import math
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+
+import pytest
+
+from dind.errors import DindError
+from dind.evaluate import evaluate_samples, read_samples, unigram_entropy
+
+
+@dataclass
+class Score:
+    nll_sum: float
+    n_tokens: int
+    tokens: list
+
+
+class WordJudge:
+    """A stand-in judge with a known answer: each word costs its length in nats; the word
+    'eos' is an EOS and not scored."""
+
+    name = "words"
+
+    def score(self, text: str) -> Score:
+        words = text.split()
+        vocab = {w: i for i, w in enumerate(sorted(set(words)))}
+        scored = [w for w in words if w != "eos"]
+        return Score(float(sum(len(w) for w in scored)), len(scored), [vocab[w] for w in words])
+
+
+def write(path, records):
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    return path
+
+
+def test_aggregates_on_a_hand_made_file(tmp_path):
+    f = write(tmp_path / "s.jsonl", [
+        {"index": 0, "text": "aa bb aa", "nfe": [10, 5], "seconds": [1.0, 0.5]},
+        {"index": 1, "text": "cccc eos", "nfe": [10, 3], "seconds": [2.0, 1.0]},
+        {"index": 2, "text": "x x x x", "nfe": [10, 0], "seconds": [1.0, 0.0]},
+    ])  # fmt: skip
+    result = evaluate_samples(read_samples(f), WordJudge(), entropy_threshold=0.5)
+    rows, agg = result["samples"], result["aggregate"]
+    # per sample: exp(nll / n)
+    assert rows[0]["gen_ppl"] == pytest.approx(math.exp(6 / 3))
+    assert rows[1]["gen_ppl"] == pytest.approx(math.exp(4 / 1))  # eos not scored
+    assert rows[2]["gen_ppl"] == pytest.approx(math.e)
+    assert agg["gen_ppl_mean"] == pytest.approx((math.exp(2) + math.exp(4) + math.e) / 3)
+    assert agg["gen_ppl_token_weighted"] == pytest.approx(math.exp((6 + 4 + 4) / (3 + 1 + 4)))
+    # unigram entropy of the judge's tokens, in nats
+    assert rows[0]["entropy"] == pytest.approx(-(2 / 3 * math.log(2 / 3) + 1 / 3 * math.log(1 / 3)))
+    assert rows[2]["entropy"] == 0.0
+    assert agg["low_entropy_share"] == pytest.approx(1 / 3)  # only "x x x x" is below 0.5
+    assert [r["nfe"] for r in rows] == [15, 13, 10] and agg["nfe_mean"] == pytest.approx(38 / 3)
+    assert agg["seconds_mean"] == pytest.approx(5.5 / 3)
+    assert agg["length_mean"] == pytest.approx(3)
+    assert agg["n_samples"] == 3
+
+
+def test_unigram_entropy():
+    assert unigram_entropy([1, 2, 3, 4]) == pytest.approx(math.log(4))
+    assert unigram_entropy([]) == 0.0
+
+
+@pytest.mark.parametrize(
+    "content,msg",
+    [
+        ("", "no samples"),
+        ("{not json\n", "not JSON"),
+        ('{"tokens": [1]}\n', "no 'text'"),
+        ("[1, 2]\n", "no 'text'"),
+    ],
+)
+def test_bad_samples_files(tmp_path, content, msg):
+    f = tmp_path / "bad.jsonl"
+    f.write_text(content)
+    with pytest.raises(DindError, match=msg):
+        read_samples(f)
+    with pytest.raises(DindError, match="not found"):
+        read_samples(tmp_path / "missing.jsonl")
+
+
+def _cli(*args, cache):
+    env = {**os.environ, "DIND_CACHE": str(cache), "HF_HUB_OFFLINE": "1"}
+    return subprocess.run([sys.executable, "-m", "dind.cli", *args], capture_output=True,
+                          text=True, env=env, timeout=300)  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "judge,msg", [("no-such-judge-xyz", "judge"), ("oracle:/no/such/dir", "synthetic")]
+)
+def test_cli_unknown_or_missing_judge(tmp_path, judge, msg):
+    f = write(tmp_path / "s.jsonl", [{"text": "hello there"}])
+    res = _cli(
+        "eval",
+        str(f),
+        "--judge",
+        judge,
+        "--out",
+        str(tmp_path / "m.json"),
+        cache=tmp_path / "cache",
+    )
+    assert res.returncode == 2 and "Traceback" not in res.stderr
+    lines = [x for x in res.stderr.splitlines() if x.strip()]
+    assert len(lines) == 1 and msg in lines[0], res.stderr
+    assert not (tmp_path / "m.json").exists()
+
+
+def test_cli_bad_samples_file_fails_before_loading_a_judge(tmp_path):
+    f = tmp_path / "s.jsonl"
+    f.write_text("this is not json\n")
+    res = _cli("eval", str(f), cache=tmp_path / "cache")
+    assert res.returncode == 2 and "not JSON" in res.stderr

@@ -1,0 +1,231 @@
+"""Judges: strided scoring against direct per-token computations, EOS handling, spec errors,
+and the offline SmolLM2 judge."""
+
+from __future__ import annotations
+
+import math
+import time
+
+import pytest
+import torch
+
+from dind.attention import causal_mask
+from dind.checkpoint import save_checkpoint
+from dind.config import ModelConfig, RunConfig, TrainConfig
+from dind.errors import DindError
+from dind.judges import (
+    DindARJudge,
+    HFJudge,
+    JudgeScore,
+    load_judge,
+    smollm2_folder,
+    smollm2_judge,
+)
+from dind.model import DiT
+from dind.tokenizer import EOT, gpt2_tokenizer, train_bpe
+
+SHORT = "The cat sat on the mat and looked at the door."
+LONG = " ".join(
+    f"Line {i}: the quick brown fox jumps over the lazy dog near river {i * 7}." for i in range(12)
+)
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    # Hundreds of tiny forwards: intra-op threads only add wake-up latency (100x on a busy box).
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def window_of(j: int, context: int, stride: int) -> int:
+    """Start of the window that scores target j of [BOS] + tokens: the first window (starting at
+    0, stride, 2*stride, ...) whose end reaches past j."""
+    return max(0, math.ceil((j - context + 1) / stride))
+
+
+def reference_nll(logprob_of, seq: list[int], eos: int, context: int, stride: int | None):
+    """Per-token loop: -log p(seq[j] | seq[start:j]) with start from the strided rule
+    (or 0 with stride None), EOS targets left out. ``logprob_of(ctx, tgt)`` -> float."""
+    nll, n = 0.0, 0
+    for j in range(1, len(seq)):
+        if seq[j] == eos:
+            continue
+        start = 0 if stride is None else window_of(j, context, stride) * stride
+        nll -= logprob_of(seq[start:j], seq[j])
+        n += 1
+    return nll, n
+
+
+# ----------------------------------------------------------------------------- HF judge
+
+
+@pytest.fixture(scope="module")
+def tiny_gpt2(tmp_path_factory):
+    from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
+
+    torch.manual_seed(0)
+    folder = tmp_path_factory.mktemp("tiny-gpt2")
+    tok = PreTrainedTokenizerFast(
+        tokenizer_object=gpt2_tokenizer().hf, bos_token=EOT, eos_token=EOT
+    )
+    # A large init spread makes logits depend strongly on context, so a wrong window shows.
+    cfg = GPT2Config(
+        n_layer=2, n_head=2, n_embd=32, n_positions=64, vocab_size=len(tok), initializer_range=0.3
+    )
+    GPT2LMHeadModel(cfg).save_pretrained(folder)
+    tok.save_pretrained(folder)
+    model = GPT2LMHeadModel.from_pretrained(folder).eval()
+    return folder, model, tok
+
+
+def hf_logprob(model):
+    @torch.no_grad()
+    def logprob_of(ctx: list[int], tgt: int) -> float:
+        logits = model(input_ids=torch.tensor([ctx])).logits[0, -1].double()
+        return float(logits.log_softmax(-1)[tgt])
+
+    return logprob_of
+
+
+def test_hf_judge_short_text_matches_direct_forward(tiny_gpt2):
+    folder, model, tok = tiny_gpt2
+    judge = load_judge(str(folder))
+    assert isinstance(judge, HFJudge) and (judge.context, judge.stride) == (64, 32)
+    tokens = tok(SHORT, add_special_tokens=False).input_ids
+    s = judge.score(SHORT)
+    assert s.tokens == tokens and s.n_tokens == len(tokens)
+    # One full forward over [BOS] + tokens, gather, sum.
+    x = torch.tensor([[tok.bos_token_id, *tokens]])
+    with torch.no_grad():
+        logp = model(input_ids=x).logits[0, :-1].double().log_softmax(-1)
+    direct = -float(logp.gather(1, x[0, 1:, None]).sum())
+    assert s.nll_sum == pytest.approx(direct, rel=1e-5)
+
+
+def test_hf_judge_long_text_uses_strided_windows(tiny_gpt2):
+    folder, model, tok = tiny_gpt2
+    judge = load_judge(str(folder))
+    tokens = tok(LONG, add_special_tokens=False).input_ids
+    assert len(tokens) > 2 * 64  # several windows, the last one partial
+    s = judge.score(LONG)
+    seq = [tok.bos_token_id, *tokens]
+    ref, n = reference_nll(hf_logprob(model), seq, tok.eos_token_id, 64, 32)
+    assert s.n_tokens == n == len(tokens)
+    assert s.nll_sum == pytest.approx(ref, rel=1e-5)
+    # The check has teeth: non-overlapping windows give a clearly different total.
+    chunked, _ = reference_nll(hf_logprob(model), seq, tok.eos_token_id, 64, 63)
+    assert abs(chunked - ref) > 1e-3 * abs(ref)
+
+
+def test_hf_judge_excludes_eos_targets(tiny_gpt2):
+    folder, model, tok = tiny_gpt2
+    judge = load_judge(str(folder))
+    text = f"First document here.{EOT}Second one follows.{EOT}"
+    s = judge.score(text)
+    eos = tok.eos_token_id
+    assert s.tokens.count(eos) == 2
+    assert s.n_tokens == len(s.tokens) - 2
+    ref, n = reference_nll(hf_logprob(model), [eos, *s.tokens], eos, 64, 32)
+    assert (s.n_tokens, s.nll_sum) == (n, pytest.approx(ref, rel=1e-5))
+    assert judge.score("") == JudgeScore(0.0, 0, [])
+
+
+# ----------------------------------------------------------------------------- dind AR judge
+
+
+def save_dind(path, causal: bool):
+    torch.manual_seed(0)
+    tokenizer = train_bpe([LONG, SHORT, "a b c d e f g h i j k"] * 4, 300)
+    cfg = ModelConfig(
+        vocab_size=tokenizer.vocab_size, mask_id=tokenizer.mask_id, seq_len=16, hidden_dim=32,
+        cond_dim=16, n_blocks=2, n_heads=2, dropout=0.0, causal=causal,
+    )  # fmt: skip
+    model = DiT(cfg)
+    with torch.no_grad():  # DiT starts as uniform predictions; randomize so context matters
+        for p in model.parameters():
+            p.normal_(0.0, 0.3)
+        model.output_layer.linear.bias[tokenizer.mask_id] = 10.0  # would dominate if not excluded
+    run = RunConfig(model=cfg, train=TrainConfig(objective="ar" if causal else "bd3"))
+    save_checkpoint(path, model, run, tokenizer, 1e-3, 1.0)
+    return model.eval(), tokenizer
+
+
+def test_dind_ar_judge_matches_direct_loop(tmp_path):
+    model, tokenizer = save_dind(tmp_path / "ar", causal=True)
+    judge = load_judge(str(tmp_path / "ar"))
+    assert isinstance(judge, DindARJudge) and (judge.context, judge.stride) == (16, 8)
+
+    @torch.no_grad()
+    def logprob_of(ctx, tgt):
+        logits = model(torch.tensor([ctx]), mask=causal_mask(len(ctx)))[0, -1].double()
+        logits[tokenizer.mask_id] = -math.inf
+        return float(logits.log_softmax(-1)[tgt])
+
+    for text in (SHORT[:12], f"{SHORT}{EOT}{LONG[:80]}"):
+        s = judge.score(text)
+        seq = [tokenizer.bos_id, *tokenizer.encode(text)]
+        ref, n = reference_nll(logprob_of, seq, tokenizer.eos_id, 16, 8)
+        assert s.n_tokens == n and s.nll_sum == pytest.approx(ref, rel=1e-5)
+    assert len(seq) > 3 * 16 and seq[1:].count(tokenizer.eos_id) == 1
+    assert s.n_tokens == len(seq) - 2  # BOS is context and the one EOS is left out
+    full, _ = reference_nll(logprob_of, seq, tokenizer.eos_id, 16, None)
+    assert abs(full - ref) > 1e-3 * abs(ref)  # unbounded context would differ
+
+
+def test_dind_diffusion_checkpoint_is_refused(tmp_path):
+    save_dind(tmp_path / "bd3", causal=False)
+    with pytest.raises(DindError, match="--objective ar"):
+        load_judge(str(tmp_path / "bd3"))
+
+
+# ----------------------------------------------------------------------------- bad specs
+
+
+@pytest.mark.parametrize("spec", ["no-such-judge-xyz", "", "not a judge!"])
+def test_unknown_spec_fails_cleanly(monkeypatch, spec):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    t = time.perf_counter()
+    with pytest.raises(DindError) as e:
+        load_judge(spec)
+    assert time.perf_counter() - t < 20
+    assert "judge" in str(e.value) and "\n" not in str(e.value)
+
+
+def test_folder_without_weights_fails_cleanly(tiny_gpt2, tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    folder, _, _ = tiny_gpt2
+    for name in ("config.json", "tokenizer.json", "tokenizer_config.json"):
+        (tmp_path / name).write_bytes((folder / name).read_bytes())
+    with pytest.raises(DindError, match="cannot load judge") as e:
+        load_judge(str(tmp_path))
+    assert "\n" not in str(e.value)
+
+
+# ----------------------------------------------------------------------------- SmolLM2
+
+
+@pytest.mark.slow
+def test_smollm2_judge_offline_ordering_and_cache():
+    try:
+        smollm2_folder()  # fetched and built on first use
+    except DindError as e:
+        if "could not fetch" in str(e):
+            pytest.skip(str(e))
+        raise
+    t = time.perf_counter()
+    judge = smollm2_judge()
+    assert time.perf_counter() - t < 10  # the cached plain folder, no dequantizing
+
+    def ppl(text: str) -> float:
+        s = judge.score(text)
+        return math.exp(s.nll_sum / s.n_tokens)
+
+    story = ppl("Once upon a time there was a little girl who loved to play in the park.")
+    the = ppl("the the the the the the the the the the the the")
+    salad = ppl("banana quantum sideways purple elephant yesterday carburetor whisper oblong")
+    assert story < the < salad
+    assert story < 30 and salad > 1000  # a working model, not a uniform one (~49152)
+    s = judge.score(f"Hello there.{EOT}")
+    assert s.n_tokens == len(s.tokens) - 1  # dind's document separator is SmolLM2's EOS
