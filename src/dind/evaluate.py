@@ -80,7 +80,7 @@ def evaluate_samples(
             if isinstance(r.get("seconds"), list)
             else r.get("seconds"),
         }
-        if hasattr(score, "n_invalid"):
+        if getattr(score, "n_invalid", None) is not None:
             row["n_invalid"] = score.n_invalid
         rows.append(row)
     return {"judge": judge.name, "samples": rows, "aggregate": aggregate(rows, entropy_threshold)}

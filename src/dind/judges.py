@@ -70,6 +70,7 @@ class JudgeScore:
     nll_sum: float  # sum of -log p over scored tokens (nats)
     n_tokens: int  # number of scored tokens
     tokens: list[int]  # the judge's re-tokenization of the text (all of it, EOS included)
+    n_invalid: int | None = None  # oracle only: words outside the generator's vocabulary
 
 
 class Judge(Protocol):
@@ -147,6 +148,9 @@ class HFJudge:
         cls, name_or_path: str, device: str | torch.device = "cpu", dtype=torch.float32
     ) -> HFJudge:
         from transformers import AutoModelForCausalLM, AutoTokenizer
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()  # dind draws its own progress bars
 
         offline = os.environ.get("HF_HUB_OFFLINE", "").strip().upper() in {"1", "ON", "YES", "TRUE"}
         try:
@@ -221,7 +225,7 @@ class OracleJudge:
 
     def score(self, text: str) -> JudgeScore:
         s = self._score(text, self.generator)
-        return JudgeScore(nll_sum=-s.log_prob, n_tokens=s.n_tokens, tokens=list(s.tokens))
+        return JudgeScore(-s.log_prob, s.n_tokens, list(s.tokens), n_invalid=s.n_invalid)
 
 
 # ----------------------------------------------------------------------------- SmolLM2
