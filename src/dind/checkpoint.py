@@ -9,6 +9,11 @@ A checkpoint folder holds:
 - ``training_state.pt`` (training runs only): raw weights, optimizer, step; plain tensors,
   loaded with ``weights_only=True``.
 
+BD3-LM's own folders (hub ids such as ``kuleshov-group/bd3lm-owt-block_size4``, or a local
+folder with their ``config.json`` and ``model.safetensors`` or legacy ``pytorch_model.bin``)
+load the same way: their config fields map onto ``ModelConfig``, and since they carry no
+tokenizer, vocabulary 50258 means GPT-2's with mask id 50257.
+
 Writes go to a sibling temporary folder that is renamed into place only once complete, so a
 crash never leaves a folder that looks whole. Loading is strict: a missing, unexpected or
 mis-shaped key is named in the error, never silently left at its initial value.
@@ -18,6 +23,8 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
+import re
 import shutil
 import uuid
 from dataclasses import dataclass
@@ -115,9 +122,32 @@ def save_checkpoint(
     return path
 
 
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+LEGACY_WEIGHTS = "pytorch_model.bin"
+# BD3-LM's modelling code lives in its hub repositories; exports point there for users who
+# load them with transformers (trust_remote_code=True).
+BD3LM_CODE_REPO = "kuleshov-group/bd3lm-owt-block_size4"
+
+
+def download(repo_id: str) -> Path:
+    """A hub checkpoint (e.g. ``kuleshov-group/bd3lm-owt-block_size4``) in the local HF cache."""
+    try:
+        from huggingface_hub import snapshot_download
+
+        return Path(snapshot_download(
+            repo_id, allow_patterns=["config.json", "*.safetensors", "*.bin", "tokenizer*"]
+        ))  # fmt: skip
+    except Exception as e:  # network, auth, missing repo: all end the same way for the user
+        reason = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
+        raise DindError(f"cannot download {repo_id} from the Hugging Face hub: {reason}") from None
+
+
 def resolve(path: str | Path) -> Path:
-    """A run folder stands for its latest checkpoint (``RUN/checkpoint``)."""
+    """A run folder stands for its latest checkpoint (``RUN/checkpoint``); ``owner/name`` that
+    is not a local folder is a hub id."""
     path = Path(path)
+    if not path.exists() and HUB_ID.match(str(path)):
+        path = download(str(path))
     if not path.exists():
         raise DindError(f"checkpoint not found: {path}")
     if (path / "checkpoint" / CONFIG).exists():
@@ -175,20 +205,51 @@ def load_state_dict_strict(model: DiT, sd: dict[str, torch.Tensor], source: str)
 
 
 def read_weights(path: Path) -> dict[str, torch.Tensor]:
+    """``model.safetensors``, else a legacy ``pytorch_model.bin`` loaded with
+    ``weights_only=True`` (plain tensors only: nothing in the file gets to run code)."""
     file = path / WEIGHTS
-    if not file.exists():
-        raise DindError(f"{path} has no {WEIGHTS}")
+    if file.exists():
+        try:
+            return load_file(str(file))
+        except (SafetensorError, OSError, ValueError) as e:
+            raise DindError(f"{file} is corrupt or unreadable: {str(e).splitlines()[0]}") from None
+    legacy = path / LEGACY_WEIGHTS
+    if not legacy.exists():
+        raise DindError(f"{path} has no {WEIGHTS} or {LEGACY_WEIGHTS}")
     try:
-        return load_file(str(file))
-    except (SafetensorError, OSError, ValueError) as e:
-        raise DindError(f"{file} is corrupt or unreadable: {str(e).splitlines()[0]}") from None
+        sd = torch.load(legacy, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        raise DindError(
+            f"{legacy} needs more than plain tensors to load (refused: it could run code)"
+        ) from None
+    except Exception as e:
+        raise DindError(
+            f"{legacy} is corrupt or unreadable: {str(e).splitlines()[0][:160]}"
+        ) from None
+    if isinstance(sd, dict) and isinstance(sd.get("state_dict"), dict):
+        sd = sd["state_dict"]  # a Lightning checkpoint
+    if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
+        raise DindError(f"{legacy} is not a state dict of tensors")
+    return sd
+
+
+def _tokenizer_for(path: Path, run: RunConfig) -> Tokenizer:
+    if (path / "tokenizer.json").exists():
+        return Tokenizer.load(path)
+    if run.model.vocab_size == 50258:  # BD3-LM folders carry none: GPT-2's, mask id 50257
+        from dind.tokenizer import gpt2_tokenizer
+
+        return gpt2_tokenizer()
+    raise DindError(
+        f"{path} has no tokenizer and its vocabulary ({run.model.vocab_size}) is not GPT-2's"
+    )
 
 
 def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Checkpoint:
     """Load a checkpoint (or a run folder's latest) strictly; returns the model in eval mode."""
     path = resolve(path)
     run = read_config(path)
-    tokenizer = Tokenizer.load(path)
+    tokenizer = _tokenizer_for(path, run)
     if tokenizer.vocab_size != run.model.vocab_size:
         raise DindError(
             f"tokenizer in {path} has {tokenizer.vocab_size} ids but the model "
@@ -200,6 +261,29 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Che
     eps_min = float(sd.get("sampling_eps_min", torch.tensor(1e-3)))
     eps_max = float(sd.get("sampling_eps_max", torch.tensor(1.0)))
     return Checkpoint(model.to(device).eval(), run, tokenizer, eps_min, eps_max, path)
+
+
+def export_checkpoint(src: str | Path, dest: str | Path) -> Path:
+    """Write ``src`` (a dind run, a checkpoint, a BD3-LM folder or hub id) as a folder BD3-LM's
+    own loading code accepts: its ``config.json`` fields (plus an ``auto_map`` to its modelling
+    code on the hub), ``model.safetensors`` in its key layout, and the tokenizer."""
+    dest = Path(dest)
+    if dest.exists() and any(dest.iterdir()):
+        raise DindError(f"{dest} exists and is not empty")
+    ck = load_checkpoint(src)
+    if dest.exists():
+        dest.rmdir()
+    save_checkpoint(dest, ck.model, ck.run_config, ck.tokenizer, ck.eps_min, ck.eps_max)
+    config = json.loads((dest / CONFIG).read_text())
+    config["architectures"] = ["BD3LM"]
+    config["auto_map"] = {
+        "AutoConfig": f"{BD3LM_CODE_REPO}--configuration_bd3lm.BD3LMConfig",
+        "AutoModelForMaskedLM": f"{BD3LM_CODE_REPO}--modeling_bd3lm.BD3LM",
+    }
+    tmp = dest / (CONFIG + ".part")
+    tmp.write_text(json.dumps(config, indent=2))
+    os.replace(tmp, dest / CONFIG)
+    return dest
 
 
 def load_training_state(path: str | Path) -> dict[str, Any]:

@@ -77,7 +77,8 @@ def train(
     compile: Annotated[bool, typer.Option("--compile", help="torch.compile the model.")] = False,
     resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --out.")] = False,
     init_from: Annotated[
-        Path | None, typer.Option(help="Fine-tune from this checkpoint or run folder.")
+        str | None,
+        typer.Option(help="Fine-tune from a checkpoint, run folder, BD3-LM folder or hub id."),
     ] = None,
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
 ) -> None:
@@ -106,7 +107,9 @@ def _parse_list(text: str, kind, flag: str) -> tuple:
 
 @app.command()
 def sample(
-    checkpoint: Annotated[Path, typer.Option(help="Checkpoint or run folder.")],
+    checkpoint: Annotated[
+        str, typer.Option(help="Checkpoint or run folder, a BD3-LM folder, or a hub id.")
+    ],
     out: Annotated[Path, typer.Option(help="JSONL file, one line per sample.")],
     stages: Annotated[str, typer.Option(help="Block size per stage, e.g. 4,1024.")] = "4",
     remask: Annotated[
@@ -218,6 +221,17 @@ def _write_json(path: Path, obj) -> None:
     tmp = path.with_name(f".{path.name}.part")
     tmp.write_text(json.dumps(obj, indent=2))
     os.replace(tmp, path)
+
+
+@app.command()
+def export(
+    src: Annotated[str, typer.Argument(help="dind run/checkpoint, BD3-LM folder or hub id.")],
+    dest: Annotated[Path, typer.Argument(help="New folder in BD3-LM's layout.")],
+) -> None:
+    """Write a checkpoint as a folder BD3-LM's loading code accepts."""
+    from dind.checkpoint import export_checkpoint
+
+    typer.echo(f"exported {src} to {export_checkpoint(src, dest)}")
 
 
 data_app = typer.Typer(no_args_is_help=True, help="Data sets dind builds.")
