@@ -263,6 +263,29 @@ def data_synthetic(
     )
 
 
+@data_app.command("openwebtext")
+def data_openwebtext(
+    out: Annotated[Path, typer.Option(help="Folder for train.bin, val.bin, meta.json.")],
+    source: Annotated[
+        str,
+        typer.Option(
+            help="'openwebtext' (the hub) or local .jsonl/.parquet/.txt files or a folder."
+        ),
+    ] = "openwebtext",
+    seq_len: Annotated[int, typer.Option(help="Sequence length L training will cut.")] = 1024,
+    holdout: Annotated[int, typer.Option(help="Last documents held out.")] = 100_000,
+    num_proc: Annotated[int | None, typer.Option(help="Tokenizer worker processes.")] = None,
+    text_field: Annotated[str, typer.Option(help="Field holding the text.")] = "text",
+) -> None:
+    """BD3-LM's OpenWebText pipeline: GPT-2 tokens, EOS after each document, uint16 files."""
+    from dind.owt import prepare_openwebtext
+
+    meta = prepare_openwebtext(source, out, seq_len, holdout, num_proc, text_field)
+    typer.echo(f"wrote {out}: {meta['n_tokens']['train']} training and "
+               f"{meta['n_tokens']['val']} held-out tokens; train with --corpus {out} "
+               "--tokenizer gpt2")  # fmt: skip
+
+
 @bench_app.command("sample")
 def bench_sample(
     length: Annotated[int, typer.Option(help="L.")] = 256,

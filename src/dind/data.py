@@ -215,8 +215,26 @@ def _cache_key(corpus: Corpus, tokenizer: Tokenizer, seq_len: int) -> str:
     return h.hexdigest()[:16]
 
 
+def tokenized_folder(source: str) -> Path | None:
+    """A folder written by ``dind data openwebtext`` (token files + ``meta.json``), or None."""
+    path = Path(source).expanduser()
+    return path if (path / "meta.json").is_file() else None
+
+
 def prepare_data(source: str, tokenizer: Tokenizer, seq_len: int) -> tuple[TokenRows, TokenRows]:
-    """Train and held-out rows for ``source``, tokenized once, cached and memory-mapped."""
+    """Train and held-out rows for ``source``, tokenized once, cached and memory-mapped.
+    A pre-tokenized folder is memory-mapped as it is."""
+    folder = tokenized_folder(source)
+    if folder is not None:
+        from dind.owt import open_token_rows
+
+        meta = json.loads((folder / "meta.json").read_text())
+        if meta.get("tokenizer") != tokenizer.kind:
+            raise DindError(
+                f"{folder} is tokenized with {meta.get('tokenizer')!r}, the run uses "
+                f"{tokenizer.kind!r}: pass --tokenizer {meta.get('tokenizer')}"
+            )
+        return open_token_rows(folder, "train", seq_len), open_token_rows(folder, "val", seq_len)
     corpus = load_corpus(source)
     folder = cache_dir() / "tokens" / _cache_key(corpus, tokenizer, seq_len)
     train_file, val_file = folder / "train.npy", folder / "val.npy"

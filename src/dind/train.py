@@ -31,7 +31,7 @@ from tqdm import tqdm
 from dind import checkpoint as ckpt
 from dind import noise
 from dind.config import RunConfig
-from dind.data import TokenRows, batch_indices, load_corpus, prepare_data
+from dind.data import TokenRows, batch_indices, load_corpus, prepare_data, tokenized_folder
 from dind.errors import DindError
 from dind.loss import LossOutput, ar_loss, bd3_loss
 from dind.mixed_scale import sample_block_sizes
@@ -190,6 +190,8 @@ def _build_tokenizer(run: RunConfig, out: Path, rank: int, world: int) -> Tokeni
     if rank == 0 and not (tok_dir / "tokenizer.json").exists():
         texts = None
         if run.train.tokenizer == "bpe":
+            if tokenized_folder(run.train.corpus):
+                raise DindError("a pre-tokenized corpus is GPT-2 tokens: pass --tokenizer gpt2")
             texts = load_corpus(run.train.corpus).train_docs
         tok = get_tokenizer(run.train.tokenizer, texts, run.train.bpe_vocab_size)
         tok_dir.mkdir(parents=True, exist_ok=True)
