@@ -324,12 +324,14 @@ def bench_train(
 @app.command()
 def demo(
     out: Annotated[Path, typer.Option(help="Run folder for the demo.")] = Path("runs/demo"),
-    max_steps: Annotated[int | None, typer.Option(help="Training steps.")] = None,
+    max_steps: Annotated[int | None, typer.Option(help="Training steps (short mode).")] = None,
+    num_samples: Annotated[int, typer.Option(help="Samples per setting.")] = 16,
+    judge: Annotated[str, typer.Option(help="Judge of the comparison.")] = "smollm2",
 ) -> None:
-    """Train the tiny preset on the embedded corpus; print validation NELBO before/after."""
+    """Train the tiny preset on the embedded corpus, draft and refine, judge, compare."""
     from dind.demo import run_demo
 
-    run_demo(out, max_steps)
+    run_demo(out, max_steps, num_samples, judge)
 
 
 def main() -> None:
