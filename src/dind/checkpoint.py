@@ -293,5 +293,5 @@ def load_training_state(path: str | Path) -> dict[str, Any]:
         raise DindError(f"{path} has no {TRAINING_STATE}: it cannot be resumed")
     try:
         return torch.load(file, map_location="cpu", weights_only=True)
-    except Exception as e:  # any unpickling failure means the file is not usable
-        raise DindError(f"{file} is corrupt: {str(e).splitlines()[0][:200]}") from None
+    except Exception:  # any unpickling failure means the file is not usable
+        raise DindError(f"{file} is corrupt or not a dind training state") from None
