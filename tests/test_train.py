@@ -221,7 +221,7 @@ def test_cli_bad_input_is_one_line(tmp_path, args, msg):
     assert "Traceback" not in res.stderr
     lines = [x for x in res.stderr.splitlines() if x.strip()]
     assert len(lines) == 1 and lines[0].startswith("error:") and msg in lines[0], res.stderr
-    assert not (tmp_path / "r" / "checkpoint").exists()
+    assert not (tmp_path / "r").exists()  # no half-made run folder either
 
 
 def test_cli_corrupt_checkpoint_for_init_from(tmp_path):

@@ -19,6 +19,7 @@ import dataclasses
 import json
 import math
 import os
+import shutil
 import time
 from contextlib import nullcontext
 from pathlib import Path
@@ -237,27 +238,33 @@ def train(
     elif (out / "checkpoint").exists() or (out / METRICS).exists():
         raise DindError(f"{out} already holds a run; pass --resume or choose another --out")
 
-    if init_from is not None:
-        source = ckpt.load_checkpoint(init_from)
-        tokenizer = source.tokenizer
-        if rank == 0:
-            tokenizer.save(out / "tokenizer")
-    else:
-        source = None
-        if rank == 0:
-            out.mkdir(parents=True, exist_ok=True)
-        if world > 1:
-            dist.barrier()
-        tokenizer = _build_tokenizer(run, out, rank, world)
-    run.model = dataclasses.replace(
-        run.model, vocab_size=tokenizer.vocab_size, mask_id=tokenizer.mask_id,
-        causal=tc.objective == "ar",
-    )  # fmt: skip
-    if run.model.attn_backend == "flex" and device.type != "cuda":
-        raise DindError("attn_backend 'flex' needs a CUDA device; use 'sdpa' on CPU")
-    if tc.objective == "bd3":
-        tc.block_dist.check_divides(run.model.seq_len)
-    train_rows, val_rows = prepare_data(tc.corpus, tokenizer, run.model.seq_len)
+    created = not out.exists()
+    try:  # set-up; a failure here leaves no run folder behind that this call created
+        if init_from is not None:
+            source = ckpt.load_checkpoint(init_from)
+            tokenizer = source.tokenizer
+            if rank == 0:
+                tokenizer.save(out / "tokenizer")
+        else:
+            source = None
+            if rank == 0:
+                out.mkdir(parents=True, exist_ok=True)
+            if world > 1:
+                dist.barrier()
+            tokenizer = _build_tokenizer(run, out, rank, world)
+        run.model = dataclasses.replace(
+            run.model, vocab_size=tokenizer.vocab_size, mask_id=tokenizer.mask_id,
+            causal=tc.objective == "ar",
+        )  # fmt: skip
+        if run.model.attn_backend == "flex" and device.type != "cuda":
+            raise DindError("attn_backend 'flex' needs a CUDA device; use 'sdpa' on CPU")
+        if tc.objective == "bd3":
+            tc.block_dist.check_divides(run.model.seq_len)
+        train_rows, val_rows = prepare_data(tc.corpus, tokenizer, run.model.seq_len)
+    except BaseException:
+        if created and rank == 0:
+            shutil.rmtree(out, ignore_errors=True)
+        raise
     if rank == 0:
         out.mkdir(parents=True, exist_ok=True)
         (out / RUN_CONFIG).write_text(json.dumps(run.to_dict(), indent=2))
