@@ -296,3 +296,41 @@ def test_cli_checkpoint_without_tokenizer(trained_run, tmp_path):
     )
     assert res.returncode == 2 and "no tokenizer" in res.stderr
     assert not (tmp_path / "s.jsonl").exists()
+
+
+@pytest.mark.parametrize("policy", remask.POLICIES)
+@pytest.mark.parametrize("sampler", ["first_hitting", "ancestral"])
+def test_refining_drafts_equals_sampling_all_stages(policy, sampler):
+    """Going on from stage-1 drafts (what sweeps do to share one draft between settings) gives
+    exactly the samples of one multi-stage call, at another batch size too."""
+    common = dict(length=32, sampler=sampler, seed=5, remask_policy=policy)
+    full_cfg = SamplerConfig(stages=(4, 8, 32), remask=(0.5, 0.25), **common)
+    model = MockDenoiser(32)
+    full = sample(model, full_cfg, 5, 5, BOS, MASK)
+    drafts = sample(model, SamplerConfig(stages=(4,), **common), 5, 2, BOS, MASK)
+    for first_two in (False, True):
+        if first_two:  # go on from two stages done
+            two = SamplerConfig(stages=(4, 8), remask=(0.5,), **common)
+            start = sample(model, two, 5, 3, BOS, MASK, drafts=drafts)
+        else:
+            start = drafts
+        refined = sample(model, full_cfg, 5, 3, BOS, MASK, drafts=start)
+        for a, b in zip(full, refined, strict=True):
+            assert a.stage_tokens == b.stage_tokens
+            assert a.remasked == b.remasked
+            assert a.snapshot_confidence == b.snapshot_confidence
+            assert a.nfe == b.nfe
+    assert all(len(d.stage_tokens) == 1 for d in drafts)  # the drafts are not modified
+
+
+def test_refining_rejects_drafts_of_another_run():
+    model = MockDenoiser(32)
+    drafts = sample(model, SamplerConfig(stages=(4,), length=32, seed=1), 2, 2, BOS, MASK)
+    two = SamplerConfig(stages=(4, 32), remask=(0.5,), length=32, seed=2)
+    with pytest.raises(DindError, match="another seed"):
+        sample(model, two, 2, 2, BOS, MASK, drafts=drafts)
+    with pytest.raises(DindError, match="2 drafts for 3 samples"):
+        sample(model, two, 3, 2, BOS, MASK, drafts=drafts)
+    with pytest.raises(DindError, match="stage count"):
+        sample(model, SamplerConfig(stages=(4,), length=32, seed=1), 2, 2, BOS, MASK,
+               drafts=drafts)  # fmt: skip

@@ -1,4 +1,5 @@
-"""The ``dind`` command line: ``train``, ``sample``, ``eval``, ``data``, ``bench``, ``demo``.
+"""The ``dind`` command line: ``train``, ``sample``, ``eval``, ``sweep``, ``data``, ``bench``,
+``demo``.
 
 Every problem a user can cause surfaces as ``error: <one line>`` on stderr and exit code 2;
 no traceback, and nothing half-written that looks whole.
@@ -319,6 +320,163 @@ def bench_train(
     typer.echo(json.dumps(result, indent=2))
     if out is not None:
         out.write_text(json.dumps(result, indent=2))
+
+
+sweep_app = typer.Typer(
+    no_args_is_help=True,
+    help="The paper's ablations over any checkpoint: CSV (per seed and summary), PNG, JSON.",
+)
+app.add_typer(sweep_app, name="sweep")
+
+SeedsOpt = Annotated[str, typer.Option(help="Seed list; the spread over seeds is reported.")]
+SamplesOpt = Annotated[int, typer.Option(help="Samples per setting and seed.")]
+JudgeOpt = Annotated[str, typer.Option(help="smollm2 | oracle[:DIR] | AR run | HF model.")]
+CheckpointOpt = Annotated[str, typer.Option(help="Checkpoint, run folder, BD3-LM folder/id.")]
+OutOpt = Annotated[Path, typer.Option(help="Folder for the CSVs, PNG, JSON and samples.")]
+Stage1Opt = Annotated[int, typer.Option(help="Stage-1 (draft) block size.")]
+
+
+def _sweep_options(seeds, num_samples, batch_size, judge, top_p, stage1, progress):
+    from dind.sweep import SweepOptions
+
+    return SweepOptions(seeds=_parse_list(seeds, int, "--seeds"), num_samples=num_samples,
+                        batch_size=batch_size, judge=judge, top_p=top_p, stage1=stage1,
+                        progress=progress)  # fmt: skip
+
+
+def _report_sweep(result) -> None:
+    from dind.sweep import format_summary
+
+    typer.echo(format_summary(result.summary, result.judge))
+    typer.echo("wrote " + ", ".join(str(p) for p in result.files.values()))
+
+
+@sweep_app.command("gamma")
+def sweep_gamma(
+    checkpoint: CheckpointOpt,
+    out: OutOpt,
+    gammas: Annotated[str, typer.Option(help="Remask ratios.")] = "0.1,0.25,0.5,0.75,1.0",
+    block_sizes: Annotated[
+        str, typer.Option(help="Stage-2 block sizes; L and L/k allowed.")
+    ] = "16,L/4,L",
+    policy: Annotated[str, typer.Option(help="snapshot | posthoc | random")] = "snapshot",
+    seeds: SeedsOpt = "0,1,2",
+    num_samples: SamplesOpt = 8,
+    batch_size: Annotated[int, typer.Option()] = 8,
+    judge: JudgeOpt = "smollm2",
+    top_p: Annotated[float, typer.Option()] = 0.9,
+    stage1: Stage1Opt = 4,
+    length: Annotated[int | None, typer.Option(help="L (default: the model's).")] = None,
+    progress: Annotated[bool, typer.Option()] = True,
+) -> None:
+    """Figure 2: Gen PPL against gamma for several stage-2 block sizes, stage 1 as reference."""
+    from dind import sweep
+
+    opts = _sweep_options(seeds, num_samples, batch_size, judge, top_p, stage1, progress)
+    ratios = _parse_list(gammas, float, "--gammas")
+
+    def build(L):
+        return sweep.gamma_settings(L, ratios, sweep.parse_sizes(block_sizes, L), opts, policy)
+
+    _report_sweep(sweep.run_sampling_sweep("gamma", checkpoint, out, opts, build, length))
+
+
+@sweep_app.command("policy")
+def sweep_policy(
+    checkpoint: CheckpointOpt,
+    out: OutOpt,
+    gamma: Annotated[float, typer.Option(help="Remask ratio.")] = 0.5,
+    block_size: Annotated[str, typer.Option(help="Stage-2 block size (L allowed).")] = "L",
+    policies: Annotated[str, typer.Option()] = "snapshot,posthoc,random",
+    seeds: SeedsOpt = "0,1,2",
+    num_samples: SamplesOpt = 8,
+    batch_size: Annotated[int, typer.Option()] = 8,
+    judge: JudgeOpt = "smollm2",
+    top_p: Annotated[float, typer.Option()] = 0.9,
+    stage1: Stage1Opt = 4,
+    length: Annotated[int | None, typer.Option(help="L (default: the model's).")] = None,
+    progress: Annotated[bool, typer.Option()] = True,
+) -> None:
+    """Table 2: snapshot, post-hoc and random remasking at one (block size, gamma)."""
+    from dind import sweep
+
+    opts = _sweep_options(seeds, num_samples, batch_size, judge, top_p, stage1, progress)
+    names = _parse_list(policies, str, "--policies")
+
+    def build(L):
+        (b,) = sweep.parse_sizes(block_size, L)[:1]
+        return sweep.policy_settings(L, gamma, b, names, opts)
+
+    _report_sweep(sweep.run_sampling_sweep("policy", checkpoint, out, opts, build, length))
+
+
+@sweep_app.command("nfe")
+def sweep_nfe(
+    checkpoint: CheckpointOpt,
+    out: OutOpt,
+    steps: Annotated[
+        str, typer.Option(help="One-stage ancestral steps T per block (fewer NFEs).")
+    ] = "1,2,3",
+    gammas: Annotated[str, typer.Option(help="Two-stage remask ratios.")] = "0.1,0.25,0.5,1.0",
+    block_size: Annotated[str, typer.Option(help="Stage-2 block size (L allowed).")] = "L",
+    seeds: SeedsOpt = "0,1,2",
+    num_samples: SamplesOpt = 8,
+    batch_size: Annotated[int, typer.Option()] = 8,
+    judge: JudgeOpt = "smollm2",
+    top_p: Annotated[float, typer.Option()] = 0.9,
+    stage1: Stage1Opt = 4,
+    length: Annotated[int | None, typer.Option(help="L (default: the model's).")] = None,
+    progress: Annotated[bool, typer.Option()] = True,
+) -> None:
+    """The quality-against-NFE frontier: one stage against two stages."""
+    from dind import sweep
+
+    opts = _sweep_options(seeds, num_samples, batch_size, judge, top_p, stage1, progress)
+    ts = _parse_list(steps, int, "--steps")
+    ratios = _parse_list(gammas, float, "--gammas")
+
+    def build(L):
+        (b,) = sweep.parse_sizes(block_size, L)[:1]
+        return sweep.nfe_settings(L, ts, ratios, b, opts)
+
+    _report_sweep(sweep.run_sampling_sweep("nfe", checkpoint, out, opts, build, length))
+
+
+@sweep_app.command("mix")
+def sweep_mix(
+    out: OutOpt,
+    mix: Annotated[
+        list[str] | None,
+        typer.Option(help="A training mix, repeatable: 4 | 4,L:0.9,0.1 | 4,L/2:0.9,0.1 | pow2."),
+    ] = None,
+    steps: Annotated[int, typer.Option(help="Training steps per mix.")] = 300,
+    init_from: Annotated[
+        str | None, typer.Option(help="Start every mix from this checkpoint (the paper's).")
+    ] = None,
+    pretrain_steps: Annotated[
+        int, typer.Option(help="Without --init-from: first pretrain at block L this long.")
+    ] = 0,
+    preset: Annotated[str, typer.Option(help="tiny | small")] = "tiny",
+    corpus: Annotated[str | None, typer.Option(help="Corpus (default: the preset's).")] = None,
+    tokenizer: Annotated[str | None, typer.Option(help="gpt2 | bpe")] = None,
+    gamma: Annotated[float, typer.Option(help="Stage-2 remask ratio (block L).")] = 0.5,
+    seeds: SeedsOpt = "0,1,2",
+    num_samples: SamplesOpt = 8,
+    batch_size: Annotated[int, typer.Option()] = 8,
+    judge: JudgeOpt = "smollm2",
+    top_p: Annotated[float, typer.Option()] = 0.9,
+    stage1: Stage1Opt = 4,
+    progress: Annotated[bool, typer.Option()] = True,
+) -> None:
+    """Table 3: train each block-size mix briefly from the same start, then judge stage 1 and
+    two stages."""
+    from dind import sweep
+
+    opts = _sweep_options(seeds, num_samples, batch_size, judge, top_p, stage1, progress)
+    base = _build_run(preset, dict(corpus=corpus, tokenizer=tokenizer), {}, None, None)
+    result = sweep.run_mix_sweep(out, base, list(mix or sweep.DEFAULT_MIXES), steps, opts,
+                                 gamma, init_from, pretrain_steps)  # fmt: skip
+    _report_sweep(result)
 
 
 @app.command()

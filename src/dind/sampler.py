@@ -11,6 +11,7 @@ in-block samplers live in ``dind.denoise``, the remasking policies in ``dind.rem
 
 from __future__ import annotations
 
+import copy
 import math
 import time
 from dataclasses import dataclass, field
@@ -92,6 +93,9 @@ class Sample:
     nfe: list[int] = field(default_factory=list)
     cache_passes: list[int] = field(default_factory=list)
     seconds: list[float] = field(default_factory=list)
+    rng_state: Tensor | None = field(default=None, repr=False)
+    """The sample's generator state after its last stage (not saved): lets ``refine`` go on
+    from this point exactly as one longer ``sample`` call would have."""
 
     @property
     def tokens(self) -> list[int]:
@@ -145,22 +149,38 @@ def sample_batch(
     bos_id: int,
     mask_id: int,
     prompt: list[int] | None = None,
+    drafts: list[Sample] | None = None,
 ) -> list[Sample]:
-    """Draw the samples ``indices`` together (the result does not depend on the grouping)."""
+    """Draw the samples ``indices`` together (the result does not depend on the grouping).
+
+    With ``drafts`` (samples of these indices that went through the first stages of ``cfg``
+    under the same seed, e.g. a stage-1-only run), go on from them: the result is identical to
+    drawing the samples with ``cfg`` from scratch, without paying for those stages again."""
     device = next(model.parameters()).device
     L, B = cfg.length, len(indices)
     prefix = _prefix(L, bos_id, prompt)
     seeds = [sample_seed(cfg.seed, i) for i in indices]
     generators = [torch.Generator(device=device).manual_seed(s) for s in seeds]
     settings = DenoiseSettings(mask_id, cfg.top_p, cfg.confidence, cfg.sampler, cfg.steps)
-    x = torch.full((B, L), mask_id, dtype=torch.long, device=device)
-    x[:, : len(prefix)] = torch.tensor(prefix, device=device)
-    conf = torch.zeros(B, L, dtype=torch.float64, device=device)
-    conf[:, : len(prefix)] = 1.0  # BOS and prompt: given, never remasked
     eligible = torch.ones(L, dtype=torch.bool)
     eligible[: len(prefix)] = False
-    samples = [Sample(i, s) for i, s in zip(indices, seeds, strict=True)]
-    for k, block_size in enumerate(cfg.stages):
+    if drafts is None:
+        first = 0
+        x = torch.full((B, L), mask_id, dtype=torch.long, device=device)
+        x[:, : len(prefix)] = torch.tensor(prefix, device=device)
+        conf = torch.zeros(B, L, dtype=torch.float64, device=device)
+        conf[:, : len(prefix)] = 1.0  # BOS and prompt: given, never remasked
+        samples = [Sample(i, s) for i, s in zip(indices, seeds, strict=True)]
+    else:
+        first = _check_drafts(drafts, indices, seeds, cfg)
+        x = torch.tensor([d.tokens for d in drafts], dtype=torch.long, device=device)
+        conf = torch.tensor([d.snapshot_confidence[-1] for d in drafts], dtype=torch.float64,
+                            device=device)  # fmt: skip
+        for g, d in zip(generators, drafts, strict=True):
+            g.set_state(d.rng_state)
+        samples = [copy.deepcopy(d) for d in drafts]
+    for k in range(first, len(cfg.stages)):
+        block_size = cfg.stages[k]
         t0 = time.perf_counter()
         extra = torch.zeros(B, dtype=torch.long)
         if k == 0:
@@ -187,7 +207,20 @@ def sample_batch(
             s.nfe.append(int(nfe[r] + extra[r]))
             s.cache_passes.append(int(passes[r]))
             s.seconds.append(seconds)
+            s.rng_state = generators[r].get_state()
     return samples
+
+
+def _check_drafts(drafts: list[Sample], indices: list[int], seeds: list[int], cfg) -> int:
+    """How many stages the drafts have done; a one-line error where they cannot be continued."""
+    done = {len(d.stage_tokens) for d in drafts}
+    if len(done) != 1 or not 0 < (first := done.pop()) < len(cfg.stages):
+        raise DindError(f"drafts must share a stage count below the {len(cfg.stages)} stages")
+    if [d.index for d in drafts] != indices or [d.seed for d in drafts] != seeds:
+        raise DindError("drafts were drawn with other sample indices or another seed")
+    if any(d.rng_state is None or len(d.tokens) != cfg.length for d in drafts):
+        raise DindError("drafts must come from this session's sampler at the same length")
+    return first
 
 
 def sample(
@@ -199,8 +232,12 @@ def sample(
     mask_id: int,
     prompt: list[int] | None = None,
     progress: bool = False,
+    drafts: list[Sample] | None = None,
 ) -> list[Sample]:
-    """Draw ``num_samples`` sequences, ``batch_size`` at a time (Algorithm 1)."""
+    """Draw ``num_samples`` sequences, ``batch_size`` at a time (Algorithm 1); with ``drafts``
+    (the first stages of the same samples, see ``sample_batch``) go on from them."""
+    if drafts is not None and len(drafts) != num_samples:
+        raise DindError(f"{len(drafts)} drafts for {num_samples} samples")
     if num_samples <= 0 or batch_size <= 0:
         raise DindError("num-samples and batch-size must be positive")
     model_len = getattr(getattr(model, "config", None), "seq_len", cfg.length)
@@ -212,7 +249,8 @@ def sample(
     with tqdm(total=num_samples, disable=not progress, desc="sample", unit="seq") as bar:
         for first in range(0, num_samples, batch_size):
             idx = list(range(first, min(first + batch_size, num_samples)))
-            out += sample_batch(model, cfg, idx, bos_id, mask_id, prompt)
+            part = None if drafts is None else drafts[first : first + len(idx)]
+            out += sample_batch(model, cfg, idx, bos_id, mask_id, prompt, part)
             bar.update(len(idx))
     return out
 

@@ -1,0 +1,183 @@
+"""``dind sweep``: the ablations end to end on a tiny model, their statistics, bad grids."""
+
+import csv
+import json
+import math
+import os
+import statistics
+import struct
+import subprocess
+import sys
+
+import pytest
+
+from dind import sweep
+from dind.errors import DindError
+from dind.sweep import SweepOptions
+from helpers import tiny_run, write_corpus
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory):
+    from dind.train import train
+
+    tmp = tmp_path_factory.mktemp("sweep")
+    corpus = write_corpus(tmp / "corpus")
+    train(tiny_run(corpus, max_steps=30, eval_every=0), tmp / "run", progress=False)
+    return tmp
+
+
+def _cli(*args) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "dind.cli", *args], capture_output=True,
+                          text=True, env={**os.environ}, timeout=600)  # fmt: skip
+
+
+def _csv(path):
+    with open(path) as f:
+        return list(csv.DictReader(f))
+
+
+def _png_size(path) -> tuple[int, int]:
+    data = path.read_bytes()
+    assert data[:8] == PNG_MAGIC, f"{path} is not a PNG"
+    width, height = struct.unpack(">II", data[16:24])  # the IHDR chunk
+    return width, height
+
+
+def test_gamma_sweep_end_to_end(trained_run):
+    out = trained_run / "gamma"
+    res = _cli("sweep", "gamma", "--checkpoint", str(trained_run / "run"), "--out", str(out),
+               "--gammas", "0.25,0.5", "--block-sizes", "L", "--seeds", "0,1",
+               "--num-samples", "2", "--batch-size", "2", "--no-progress")  # fmt: skip
+    assert res.returncode == 0, res.stderr[-2000:]
+    seeds, summary = _csv(out / "gamma_seeds.csv"), _csv(out / "gamma.csv")
+    assert len(seeds) == 3 * 2 and len(summary) == 3  # stage 1 + two gammas, two seeds each
+    names = [r["setting"] for r in summary]
+    assert names == ["stage 1 (block 4)", "block 32, gamma 0.25", "block 32, gamma 0.5"]
+    for s in summary:  # the summary is the statistics of the per-seed rows
+        ppl = [float(r["gen_ppl"]) for r in seeds if r["setting"] == s["setting"]]
+        assert len(ppl) == 2 and all(math.isfinite(p) and p > 1 for p in ppl)
+        assert float(s["gen_ppl_mean"]) == pytest.approx(statistics.fmean(ppl), rel=1e-5)
+        assert float(s["gen_ppl_std"]) == pytest.approx(statistics.stdev(ppl), rel=1e-4)
+    w, h = _png_size(out / "gamma.png")
+    assert w > 100 and h > 100 and (out / "gamma.png").stat().st_size > 5000
+    # every two-stage setting refines the very drafts the stage-1 row was judged on
+    folder = out / "samples" / "gamma"
+    for seed in (0, 1):
+        drafts = [json.loads(x) for x in (folder / f"stage_1_block_4_seed{seed}.jsonl").open()]
+        refined = [json.loads(x) for x in (folder / f"block_32_gamma_0_5_seed{seed}.jsonl").open()]
+        assert [r["stage_tokens"][0] for r in refined] == [d["stage_tokens"][0] for d in drafts]
+        assert all(len(r["remasked"][1]) == 16 for r in refined)  # floor(0.5 * 32)
+    record = json.loads((out / "gamma.json").read_text())
+    assert record["judge"] == "smollm2" and record["seeds"] == [0, 1]
+    assert "gen_ppl_mean" in record["summary"][0]
+    assert "Gen PPL under smollm2" in res.stdout
+
+
+def test_policy_and_nfe_sweeps(trained_run):
+    opts = SweepOptions(seeds=(3,), num_samples=2, batch_size=2, progress=False)
+    run = str(trained_run / "run")
+
+    def build_policy(L):
+        return sweep.policy_settings(L, 0.5, L, ("snapshot", "random"), opts)
+
+    res = sweep.run_sampling_sweep("policy", run, trained_run / "policy", opts, build_policy)
+    assert [s["series"] for s in res.summary] == ["stage 1", "snapshot", "random"]
+    assert res.summary[1]["delta_vs_stage1"] == pytest.approx(
+        res.summary[1]["gen_ppl_mean"] - res.summary[0]["gen_ppl_mean"]
+    )
+    assert _png_size(res.files["png"])[0] > 100
+
+    def build_nfe(L):
+        return sweep.nfe_settings(L, (1,), (0.25, 1.0), L, opts)
+
+    res = sweep.run_sampling_sweep("nfe", run, trained_run / "nfe", opts, build_nfe)
+    nfe = {s["setting"]: s["nfe_mean"] for s in res.summary}
+    assert nfe["stage 1, first-hitting (block 4)"] == 31  # one call per token after BOS
+    assert nfe["stage 1, ancestral T=1 (block 4)"] == 8  # one call per block
+    assert nfe["two stages, block 32, gamma 0.25"] == 31 + 8
+    assert nfe["two stages, block 32, gamma 1"] == 31 + 31  # BOS is never remasked
+    assert _png_size(res.files["png"])[0] > 100
+
+
+def test_mix_sweep_end_to_end(trained_run):
+    out = trained_run / "mix"
+    corpus = trained_run / "corpus"
+    base = tiny_run(corpus)
+    opts = SweepOptions(seeds=(0, 1), num_samples=2, batch_size=2, progress=False)
+    res = sweep.run_mix_sweep(out, base, ["4", "4,L:0.5,0.5"], 4, opts,
+                              init_from=str(trained_run / "run"), nelbo_batches=1)  # fmt: skip
+    summary = _csv(out / "mix.csv")
+    assert [r["series"] for r in summary] == ["fixed 4"] * 2 + ["mix (4, 32)"] * 2
+    assert all(math.isfinite(float(r["nelbo_small"])) for r in summary)
+    assert summary[1]["delta_vs_stage1"] and summary[1]["better_than_stage1_seeds"].endswith("/2")
+    assert len(_csv(out / "mix_seeds.csv")) == 2 * 2 * 2
+    assert _png_size(out / "mix.png")[0] > 100
+    for name in ("fixed_4", "mix_4_32"):  # each mix trained its own run from the same start
+        metrics = [json.loads(x) for x in (out / "runs" / name / "metrics.jsonl").open()]
+        assert metrics[-1]["step"] == 4
+    assert res.summary[0]["setting"].startswith("fixed 4 / stage 1")
+
+
+@pytest.mark.parametrize(
+    ("args", "msg"),
+    [
+        (["gamma", "--gammas", "0.5,1.5", "--block-sizes", "L"],
+         "setting 'block 32, gamma 1.5': remask ratios must be in [0, 1]"),
+        (["gamma", "--block-sizes", "16,5"],
+         "setting 'block 5, gamma 0.1': stage block size(s) [5] do not divide the length 32"),
+        (["gamma", "--block-sizes", "2"],
+         "setting 'block 2, gamma 0.1': stage block sizes must strictly increase"),
+        (["gamma", "--block-sizes", "L/x"], "block size 'L/x': not an integer"),
+        (["policy", "--policies", "snapshot,best"], "setting 'best (block 32, gamma 0.5)'"),
+        (["nfe", "--steps", "0"], "setting 'stage 1, ancestral T=0 (block 4)': steps must"),
+        (["gamma", "--seeds", "1,1"], "the seed list repeats a seed"),
+        (["gamma", "--judge", "no-such-judge!"], "unknown judge"),
+        (["gamma", "--length", "64"], "length 64 must be in 1..32"),
+    ],
+)  # fmt: skip
+def test_bad_grid_is_reported_before_any_work(trained_run, tmp_path, args, msg, capsys,
+                                              monkeypatch):  # fmt: skip
+    out = tmp_path / "out"
+    code, err = _main(monkeypatch, capsys, "sweep", *args, "--checkpoint",
+                      str(trained_run / "run"), "--out", str(out))  # fmt: skip
+    assert code == 2
+    assert err.startswith("error: ") and msg in err and err.count("\n") == 1, err
+    assert not out.exists()  # nothing was drawn or written
+
+
+def _main(monkeypatch, capsys, *args) -> tuple[int, str]:
+    """The console entry point in-process: (exit code, stderr)."""
+    from dind import cli
+
+    monkeypatch.setattr(sys, "argv", ["dind", *args])
+    with pytest.raises(SystemExit) as exit_:
+        cli.main()
+    return exit_.value.code, capsys.readouterr().err
+
+
+def test_bad_mix_is_reported_before_training(tmp_path, capsys, monkeypatch):
+    out = tmp_path / "out"
+    code, err = _main(monkeypatch, capsys, "sweep", "mix", "--out", str(out), "--mix", "4",
+                      "--mix", "4,7:0.5,0.5")  # fmt: skip
+    assert code == 2 and "mix '4,7:0.5,0.5': block size(s) [7]" in err
+    assert not out.exists()
+    with pytest.raises(DindError, match="probabilit"):
+        sweep.parse_mix("4,L:0.9,0.2", 128)
+    assert sweep.parse_mix("pow2", 128).dist.block_sizes == (4, 8, 16, 32, 64, 128)
+    assert sweep.parse_mix("4,L/2:0.9,0.1", 128).dist.block_sizes == (4, 64)
+
+
+def test_summary_statistics_by_brute_force():
+    rows = [{"setting": name, "series": name, "x": None, "seed": seed, "gen_ppl": ppl,
+             "entropy": 3.0, "nfe": nfe, "seconds": 0.1}
+            for name, nfe, ppls in (("s1", 31, (10.0, 20.0, 30.0)), ("two", 40, (8.0, 25.0, 20.0)))
+            for seed, ppl in enumerate(ppls)]  # fmt: skip
+    s1, two = sweep.summarize(rows, reference="s1")
+    assert s1["gen_ppl_mean"] == 20.0 and s1["gen_ppl_std"] == pytest.approx(10.0)
+    assert "delta_vs_stage1" not in s1
+    assert two["gen_ppl_min"] == 8.0 and two["gen_ppl_max"] == 25.0
+    assert two["delta_vs_stage1"] == pytest.approx(((8 - 10) + (25 - 20) + (20 - 30)) / 3)
+    assert two["better_than_stage1_seeds"] == "2/3" and two["nfe_mean"] == 40
