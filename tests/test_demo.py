@@ -1,29 +1,41 @@
 """`make demo` runs `dind demo`; here the same path in a short mode (few steps, 2 samples)."""
 
+import csv
 import json
 import os
 import subprocess
 import sys
 
 
-def test_demo_short_mode(tmp_path):
-    out = tmp_path / "demo"
-    res = subprocess.run(
+def _demo(out):
+    return subprocess.run(
         [sys.executable, "-m", "dind.cli", "demo", "--out", str(out), "--max-steps", "5",
          "--num-samples", "2"],
         capture_output=True, text=True, timeout=900, env={**os.environ},
     )  # fmt: skip
+
+
+def test_demo_short_mode(tmp_path):
+    out = tmp_path / "demo"
+    res = _demo(out)
     assert res.returncode == 0, res.stderr[-2000:]
     text = res.stdout
     assert "held-out NELBO" in text and "Generative perplexity under smollm2" in text
     assert "stage 1 only" in text and "two stages" in text and "stage 2 (block 128" in text
-    for name in ("samples_stage1.jsonl", "samples_two_stage.jsonl"):
-        records = [json.loads(x) for x in (out / name).read_text().splitlines()]
-        assert len(records) == 2 and all(r["text"] for r in records)
+    for seed in (0, 1):
+        for name in ("stage_1_block_4", "block_128_gamma_0_5", "random_block_128_gamma_0_5"):
+            lines = (out / "samples" / f"{name}_seed{seed}.jsonl").read_text().splitlines()
+            records = [json.loads(x) for x in lines]
+            assert len(records) == 2 and all(r["text"] for r in records)
+    gamma = list(csv.DictReader((out / "gamma.csv").open()))
+    assert len(gamma) == 1 + 2 * 4 and all(r["n_seeds"] == "2" for r in gamma)
+    assert (out / "gamma.png").stat().st_size > 5000 and (out / "policy.png").exists()
+    page = (out / "report.html").read_text()
+    assert page.count("<section><h2>Sample") == 2  # the two samples of the main setting
+    assert "Stage 1 against two stages" in page and 'class="remasked"' in page
+    assert page.count("data:image/png;base64,") == 2
     # a second run reuses the trained model (no retraining) and prints the same NELBO lines
-    again = subprocess.run([sys.executable, "-m", "dind.cli", "demo", "--out", str(out),
-                            "--max-steps", "5", "--num-samples", "2"],
-                           capture_output=True, text=True, timeout=900)  # fmt: skip
+    again = _demo(out)
     assert again.returncode == 0
     nelbo = [line for line in text.splitlines() if line.strip().startswith(("0 ", "5 "))]
     assert nelbo and all(line in again.stdout for line in nelbo)

@@ -74,6 +74,14 @@ def test_gamma_sweep_end_to_end(trained_run):
     assert record["judge"] == "smollm2" and record["seeds"] == [0, 1]
     assert "gen_ppl_mean" in record["summary"][0]
     assert "Gen PPL under smollm2" in res.stdout
+    # the sweep folder feeds `dind report`: its table and plot, the refined samples
+    page = trained_run / "report.html"
+    res = _cli("report", str(folder / "block_32_gamma_0_5_seed0.jsonl"), "--checkpoint",
+               str(trained_run / "run"), "--sweep", str(out), "--out", str(page))  # fmt: skip
+    assert res.returncode == 0, res.stderr[-2000:]
+    html = page.read_text()
+    assert "Figure 2" in html and "block 32, gamma 0.25" in html
+    assert html.count("data:image/png;base64,") == 1 and html.count('class="remasked"') >= 16
 
 
 def test_policy_and_nfe_sweeps(trained_run):
@@ -129,7 +137,7 @@ def test_mix_sweep_end_to_end(trained_run):
         (["gamma", "--block-sizes", "16,5"],
          "setting 'block 5, gamma 0.1': stage block size(s) [5] do not divide the length 32"),
         (["gamma", "--block-sizes", "2"],
-         "setting 'block 2, gamma 0.1': stage block sizes must strictly increase"),
+         "setting 'block 2, gamma 0.1': stage block sizes must not decrease"),
         (["gamma", "--block-sizes", "L/x"], "block size 'L/x': not an integer"),
         (["policy", "--policies", "snapshot,best"], "setting 'best (block 32, gamma 0.5)'"),
         (["nfe", "--steps", "0"], "setting 'stage 1, ancestral T=0 (block 4)': steps must"),

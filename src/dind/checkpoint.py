@@ -245,6 +245,12 @@ def _tokenizer_for(path: Path, run: RunConfig) -> Tokenizer:
     )
 
 
+def load_tokenizer(path: str | Path) -> Tokenizer:
+    """The tokenizer of a checkpoint (or run folder) without loading its weights."""
+    path = resolve(path)
+    return _tokenizer_for(path, read_config(path))
+
+
 def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Checkpoint:
     """Load a checkpoint (or a run folder's latest) strictly; returns the model in eval mode."""
     path = resolve(path)

@@ -480,16 +480,47 @@ def sweep_mix(
 
 
 @app.command()
+def report(
+    samples: Annotated[Path, typer.Argument(help="A dind samples JSONL file.")],
+    checkpoint: Annotated[str, typer.Option(help="The checkpoint that drew them (tokenizer).")],
+    out: Annotated[Path, typer.Option(help="The HTML file to write.")],
+    sweep: Annotated[
+        list[Path] | None, typer.Option(help="A `dind sweep` output folder (repeatable).")
+    ] = None,
+    title: Annotated[str, typer.Option()] = "dind: draft, remask, revise",
+    max_samples: Annotated[int, typer.Option(help="Samples shown.")] = 3,
+) -> None:
+    """One self-contained HTML page: trajectories shaded by snapshot confidence, sweep tables
+    and plots."""
+    from dind import evaluate
+    from dind.checkpoint import load_tokenizer
+    from dind.report import write_report
+    from dind.sweep import report_parts
+
+    records = evaluate.read_samples(samples)
+    tables, plots = [], []
+    for folder in sweep or []:
+        t, p = report_parts(folder)
+        tables += t
+        plots += p
+    path = write_report(out, title=title, samples=records, tokenizer=load_tokenizer(checkpoint),
+                        tables=tables, plots=plots, max_samples=max_samples)  # fmt: skip
+    typer.echo(f"wrote {path}")
+
+
+@app.command()
 def demo(
     out: Annotated[Path, typer.Option(help="Run folder for the demo.")] = Path("runs/demo"),
     max_steps: Annotated[int | None, typer.Option(help="Training steps (short mode).")] = None,
-    num_samples: Annotated[int, typer.Option(help="Samples per setting.")] = 16,
+    num_samples: Annotated[int, typer.Option(help="Samples per setting and seed.")] = 8,
+    seeds: Annotated[str, typer.Option(help="Seed list (spread reported).")] = "0,1",
     judge: Annotated[str, typer.Option(help="Judge of the comparison.")] = "smollm2",
 ) -> None:
-    """Train the tiny preset on the embedded corpus, draft and refine, judge, compare."""
+    """Train the tiny preset on the embedded corpus, draft and refine, judge, compare, and
+    write an HTML report."""
     from dind.demo import run_demo
 
-    run_demo(out, max_steps, num_samples, judge)
+    run_demo(out, max_steps, num_samples, judge, _parse_list(seeds, int, "--seeds"))
 
 
 def main() -> None:

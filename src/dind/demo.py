@@ -2,36 +2,59 @@
 
 1. Train the tiny preset with mixed-scale training on the embedded Shakespeare + Milton
    corpus (or reuse the finished run) and print the held-out NELBO before and after.
-2. Sample with stage 1 alone (block 4) and with two stages (4, then one global pass over the
-   50% least confident tokens), the same seeds for both, so the drafts are identical.
-3. Judge both with the default judge (SmolLM2, offline) and print the comparison, then show
-   one draft-then-refine trajectory: remasked tokens struck through, changed ones in green.
+2. Draft with stage 1 alone (block 4) and refine with two stages (4, then one global pass
+   over the 50% least confident tokens), the same seeds and the same drafts for both; beside
+   them a small sweep: gamma for stage-2 blocks 16 and L (Figure 2) and the three remasking
+   policies (Table 2), all refining those same drafts.
+3. Judge everything with the default judge (SmolLM2, offline), print the comparison and the
+   sweep, show one draft-then-refine trajectory, and write ``report.html`` (samples with the
+   remasked tokens shaded by snapshot confidence, the tables, the plots).
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
+from dind import sweep
 from dind.checkpoint import load_checkpoint
 from dind.config import tiny
-from dind.evaluate import evaluate_samples
-from dind.sampler import SamplerConfig, sample, write_samples
+from dind.report import write_report
+from dind.sampler import Sample
 from dind.show import render_sample
 from dind.train import read_metrics, train
 
+GAMMAS = (0.25, 0.5, 0.75, 1.0)
+MAIN_GAMMA = 0.5
+
 
 def run_demo(
-    out: Path, max_steps: int | None = None, num_samples: int = 16, judge: str = "smollm2"
+    out: Path,
+    max_steps: int | None = None,
+    num_samples: int = 8,
+    judge: str = "smollm2",
+    seeds: tuple[int, ...] = (0, 1),
 ) -> dict:
     run = tiny()
     if max_steps is not None:
         run.train.max_steps = max_steps
         run.train.eval_every = 0
-    resume = (out / "checkpoint").exists()
-    print(f"dind demo: tiny preset ({run.model.n_blocks} x {run.model.hidden_dim}, "
-          f"L = {run.model.seq_len}), block sizes {list(run.train.block_dist.block_sizes)} "
-          f"with probabilities {list(run.train.block_dist.probs)}, run folder {out}")  # fmt: skip
-    train(run, out, resume=resume)
+    opts = sweep.SweepOptions(seeds=seeds, num_samples=num_samples, batch_size=8, judge=judge)
+    opts.check()
+    L = run.model.seq_len
+    gamma_grid = sweep.gamma_settings(L, GAMMAS, (16, L), opts)
+    stage1 = gamma_grid[0]
+    main = next(s for s in gamma_grid if s.series == f"stage-2 block {L}" and s.x == MAIN_GAMMA)
+    policies = [s for s in sweep.policy_settings(L, MAIN_GAMMA, L, ("posthoc", "random"), opts)
+                if s.series != sweep.STAGE1]  # fmt: skip
+    from dind.judges import load_judge
+
+    scorer = load_judge(judge)  # before training: a bad judge fails at once
+
+    print(f"dind demo: tiny preset ({run.model.n_blocks} x {run.model.hidden_dim}, L = {L}), "
+          f"block sizes {list(run.train.block_dist.block_sizes)} with probabilities "
+          f"{list(run.train.block_dist.probs)}, run folder {out}")  # fmt: skip
+    train(run, out, resume=(out / "checkpoint").exists())
     evals = [m for m in read_metrics(out) if "val_nelbo" in m]
     first, last = evals[0], evals[-1]
     print(f"\n{'step':>6} {'held-out NELBO (nats/token)':>28} {'ppl bound':>10}")
@@ -39,33 +62,74 @@ def run_demo(
         print(f"{m['step']:>6} {m['val_nelbo']:>28.4f} {m['val_ppl']:>10.2f}")
 
     ck = load_checkpoint(out)
-    tok, L = ck.tokenizer, run.model.seq_len
-    settings = {
-        "stage 1 only (block 4)": SamplerConfig(stages=(4,), length=L),
-        "two stages (4, then L; gamma 0.5, snapshot)": SamplerConfig(
-            stages=(4, L), remask=(0.5,), length=L
-        ),
-    }
-    from dind.judges import load_judge
+    tok = ck.tokenizer
+    print(f"\nsampling {num_samples} sequences per seed (seeds {list(seeds)}) for stage 1, "
+          f"{len(gamma_grid) - 1} gamma settings and {len(policies) + 1} remasking policies, "
+          "all refining the same stage-1 drafts")  # fmt: skip
+    rows = sweep.draw_and_judge(ck.model, tok, gamma_grid + policies, opts, scorer,
+                                out / "samples", "demo")  # fmt: skip
+    meta = {"checkpoint": str(out), "length": L, "judge": scorer.name, "seeds": list(seeds),
+            "num_samples": num_samples}  # fmt: skip
+    policy_names = {s.name for s in policies} | {stage1.name, main.name}
+    gamma_result = sweep.finish("gamma", out, [r for r in rows if r["setting"] not in
+                                               {s.name for s in policies}], meta,
+                                sweep.plot_gamma, stage1.name)  # fmt: skip
+    main_as_policy = {"series": "snapshot", "setting": f"snapshot (block {L}, gamma {MAIN_GAMMA})"}
+    policy_rows = [{**r, **main_as_policy} if r["setting"] == main.name else r
+                   for r in rows if r["setting"] in policy_names]  # fmt: skip
+    policy_result = sweep.finish("policy", out, policy_rows, meta, sweep.plot_policy,
+                                 stage1.name)  # fmt: skip
 
-    scorer = load_judge(judge)
-    rows, trajectories = [], None
-    for (name, cfg), file in zip(settings.items(), ("stage1", "two_stage"), strict=True):
-        samples = sample(ck.model, cfg, num_samples, 8, tok.bos_id, tok.mask_id, progress=True)
-        write_samples(out / f"samples_{file}.jsonl", samples, tok, cfg)
-        records = [{"text": tok.decode(s.tokens[1:]), "nfe": s.nfe, "seconds": s.seconds}
-                   for s in samples]  # fmt: skip
-        rows.append((name, evaluate_samples(records, scorer, progress=True)["aggregate"]))
-        if len(cfg.stages) > 1:
-            trajectories = (samples, cfg)
-    print(f"\nGenerative perplexity under {scorer.name} ({num_samples} samples each, same seeds):")
-    print(f"{'setting':<46} {'Gen PPL':>9} {'entropy':>8} {'NFE':>6} {'s/sample':>9}")
-    for name, a in rows:
-        print(f"{name:<46} {a['gen_ppl_mean']:>9.1f} {a['entropy_mean']:>8.2f} "
-              f"{a['nfe_mean']:>6.0f} {a['seconds_mean']:>9.3f}")  # fmt: skip
-    samples, cfg = trajectories
+    by_name = {s["setting"]: s for s in gamma_result.summary + policy_result.summary}
+    comparison = [("stage 1 only (block 4)", by_name[stage1.name]),
+                  (f"two stages (4, then {L}; gamma {MAIN_GAMMA}, snapshot)",
+                   by_name[main.name])]  # fmt: skip
+    n_total = num_samples * len(seeds)
+    print(f"\nGenerative perplexity under {scorer.name} ({n_total} samples each, same seeds "
+          f"and drafts; ± is the spread over {len(seeds)} seeds):")  # fmt: skip
+    header = ["setting", "Gen PPL", "± (seeds)", "entropy", "NFE", "s/sample"]
+    table = [[name, s["gen_ppl_mean"], s["gen_ppl_std"], s["entropy_mean"], s["nfe_mean"],
+              s["seconds_mean"]] for name, s in comparison]  # fmt: skip
+    print(f"{header[0]:<48} {'Gen PPL':>9} {'±':>6} {'entropy':>8} {'NFE':>6} {'s/sample':>9}")
+    for name, ppl, sd, ent, nfe, sec in table:
+        print(f"{name:<48} {ppl:>9.1f} {sd:>6.1f} {ent:>8.2f} {nfe:>6.0f} {sec:>9.3f}")
+    summary = gamma_result.summary + [
+        s for s in policy_result.summary if s["series"] in ("posthoc", "random")
+    ]
+    print("\nThe sweep around it (Figure 2 and Table 2 at this scale):")
+    print(sweep.format_summary(summary, scorer.name))
+
+    main_file = out / "samples" / f"{sweep.slug(main.name)}_seed{seeds[0]}.jsonl"
+    records = [json.loads(line) for line in main_file.read_text().splitlines()]
     print("\nOne trajectory (remasked tokens struck through, changed ones in green):\n")
-    print(render_sample(samples[0], tok, cfg.stages))
-    print(f"\nsamples in {out}/samples_*.jsonl; rerun `make demo` to reuse the trained model")
+    print(render_sample(_as_sample(records[0]), tok, tuple(records[0]["stages"])))
+
+    sweep_tables, sweep_plots = sweep.report_parts(out)
+    report = write_report(
+        out / "report.html",
+        title="dind demo: draft with small blocks, revise globally",
+        intro=(
+            f"Tiny preset trained {last['step']} steps on the embedded corpus "
+            f"(held-out NELBO {first['val_nelbo']:.3f} -> {last['val_nelbo']:.3f} "
+            f"nats/token). Stage 1 drafts with block 4 and a KV cache; stage 2 masks the "
+            f"least confident fraction gamma of the draft again (snapshot confidence) and "
+            f"re-fills it with block {L}, the whole sequence. Judge: {scorer.name}; "
+            f"{num_samples} samples per seed, seeds {list(seeds)}."
+        ),
+        samples=records,
+        tokenizer=tok,
+        tables=[
+            (f"Stage 1 against two stages (Gen PPL under {scorer.name})", header, table),
+            *sweep_tables,
+        ],
+        plots=sweep_plots,
+    )
+    print(f"\nreport: {report}\nsamples in {out}/samples/; sweep CSVs and plots in {out}; "
+          "rerun `make demo` to reuse the trained model")  # fmt: skip
     return {"nelbo_before": first["val_nelbo"], "nelbo_after": last["val_nelbo"],
-            "comparison": dict(rows)}  # fmt: skip
+            "comparison": dict(comparison), "report": report}  # fmt: skip
+
+
+def _as_sample(record: dict) -> Sample:
+    keys = ("stage_tokens", "snapshot_confidence", "remasked", "nfe", "cache_passes", "seconds")
+    return Sample(record["index"], record["seed"], **{k: record[k] for k in keys})

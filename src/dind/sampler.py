@@ -30,7 +30,9 @@ class SamplerConfig:
     """One sampling run: the stages of Algorithm 1 and how each block is denoised."""
 
     stages: tuple[int, ...] = (4,)
-    """Block size of each stage, strictly increasing, each dividing L; (4,) is plain BD3-LM."""
+    """Block size of each stage, never decreasing (Algorithm 1 grows them; an equal size re-drafts
+    the remasked tokens locally, Figure 2's smallest stage-2 block), each dividing L; (4,) is
+    plain BD3-LM."""
     remask: tuple[float, ...] = ()
     """gamma_k for each stage after the first, in [0, 1]."""
     remask_policy: str = "snapshot"
@@ -57,8 +59,8 @@ class SamplerConfig:
             raise DindError("at least one stage is needed")
         if any(b <= 0 for b in self.stages):
             raise DindError(f"stage block sizes must be positive: {list(self.stages)}")
-        if any(b >= c for b, c in zip(self.stages, self.stages[1:], strict=False)):
-            raise DindError(f"stage block sizes must strictly increase: {list(self.stages)}")
+        if any(b > c for b, c in zip(self.stages, self.stages[1:], strict=False)):
+            raise DindError(f"stage block sizes must not decrease: {list(self.stages)}")
         bad = [b for b in self.stages if self.length % b]
         if bad:
             raise DindError(f"stage block size(s) {bad} do not divide the length {self.length}")

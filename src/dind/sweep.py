@@ -174,7 +174,7 @@ def _stage1_key(cfg: SamplerConfig) -> tuple:
             cfg.kv_cache, cfg.seed)  # fmt: skip
 
 
-def _slug(text: str) -> str:
+def slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9]+", "_", text).strip("_").lower()
 
 
@@ -203,7 +203,7 @@ def draw_and_judge(
         if len(cfg.stages) == 1:
             drafts_by_key[_stage1_key(cfg)] = drawn
         if samples_dir is not None:
-            write_samples(samples_dir / f"{_slug(setting.name)}_seed{seed}.jsonl", drawn,
+            write_samples(samples_dir / f"{slug(setting.name)}_seed{seed}.jsonl", drawn,
                           tokenizer, cfg)  # fmt: skip
         records = [{"text": tokenizer.decode(s.tokens[1:]), "nfe": s.nfe, "seconds": s.seconds}
                    for s in drawn]  # fmt: skip
@@ -522,7 +522,7 @@ def run_mix_sweep(
         start = str(folder)
     rows = []
     for mix in parsed:
-        folder = runs_dir / _slug(mix.name)
+        folder = runs_dir / slug(mix.name)
         print(f"training mix {mix.name}: sizes {list(mix.dist.block_sizes)}, "
               f"probabilities {[round(p, 3) for p in mix.dist.probs]}, {steps} steps")  # fmt: skip
         done = (folder / "checkpoint").exists()
@@ -531,7 +531,7 @@ def run_mix_sweep(
         nelbo = {key: heldout_nelbo(folder, b, max_batches=nelbo_batches)["nelbo"]
                  for key, b in (("nelbo_small", opts.stage1), ("nelbo_full", L))}  # fmt: skip
         ck = load_checkpoint(folder, _device())
-        samples_dir = out / "samples" / "mix" / _slug(mix.name) if opts.save_samples else None
+        samples_dir = out / "samples" / "mix" / slug(mix.name) if opts.save_samples else None
         for r in draw_and_judge(ck.model, ck.tokenizer, settings, opts, judge, samples_dir,
                                 mix.name):  # fmt: skip
             # series: the mix; x: 1 for the stage-1 row, 2 for the two-stage row
@@ -554,3 +554,44 @@ def run_mix_sweep(
             s["better_than_stage1_seeds"] = f"{sum(d < 0 for d in diffs)}/{len(diffs)}"
     write_csv(result.files["csv"], result.summary)
     return result
+
+
+SUMMARY_COLUMNS = (("setting", "setting"), ("Gen PPL", "gen_ppl_mean"),
+                   ("± (seeds)", "gen_ppl_std"), ("min", "gen_ppl_min"), ("max", "gen_ppl_max"),
+                   ("vs stage 1", "delta_vs_stage1"), ("seeds better", "better_than_stage1_seeds"),
+                   ("entropy", "entropy_mean"), ("NFE", "nfe_mean"))  # fmt: skip
+CAPTIONS = {
+    "gamma": "Revision scope: Gen PPL against gamma per stage-2 block size (Figure 2)",
+    "policy": "Remasking policies (Table 2)",
+    "nfe": "Quality against NFEs: one stage against two stages (Table 1's frontier)",
+    "mix": "Training mixes: stage 1 and two stages (Table 3)",
+}
+
+
+def report_parts(folder: Path) -> tuple[list, list]:
+    """The tables and plots of every sweep found in ``folder``, for ``dind.report``."""
+    tables, plots = [], []
+    for kind in KINDS:
+        csv_path, png = folder / f"{kind}.csv", folder / f"{kind}.png"
+        if not csv_path.is_file():
+            continue
+        with open(csv_path) as f:
+            rows = list(csv.DictReader(f))
+        judge = ""
+        if (folder / f"{kind}.json").is_file():
+            judge = json.loads((folder / f"{kind}.json").read_text()).get("judge", "")
+        body = [[_number(r.get(key, "")) for _, key in SUMMARY_COLUMNS] for r in rows]
+        caption = f"{CAPTIONS[kind]}; judge {judge}" if judge else CAPTIONS[kind]
+        tables.append((caption, [h for h, _ in SUMMARY_COLUMNS], body))
+        if png.is_file():
+            plots.append((CAPTIONS[kind], png))
+    if not tables:
+        raise DindError(f"no sweep results (gamma.csv, policy.csv, nfe.csv, mix.csv) in {folder}")
+    return tables, plots
+
+
+def _number(text: str):
+    try:
+        return float(text)
+    except ValueError:
+        return text
