@@ -107,6 +107,9 @@ def test_policy_and_nfe_sweeps(trained_run):
     assert nfe["stage 1, ancestral T=1 (block 4)"] == 8  # one call per block
     assert nfe["two stages, block 32, gamma 0.25"] == 31 + 8
     assert nfe["two stages, block 32, gamma 1"] == 31 + 31  # BOS is never remasked
+    first_hitting = res.summary[0]["gen_ppl_mean"]
+    for s in res.summary[1:]:  # compared with one-stage first-hitting, seed by seed
+        assert s["delta_vs_stage1"] == pytest.approx(s["gen_ppl_mean"] - first_hitting)
     assert _png_size(res.files["png"])[0] > 100
 
 

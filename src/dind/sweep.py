@@ -224,7 +224,7 @@ def summarize(rows: list[dict[str, Any]], reference: str | None = None) -> list[
     out = []
     for name in dict.fromkeys(r["setting"] for r in rows):
         group = [r for r in rows if r["setting"] == name]
-        ppl = [r["gen_ppl"] for r in group]
+        ppl = [r["gen_ppl"] for r in group if r["gen_ppl"] is not None] or [float("nan")]
         summary = {
             "setting": name, "series": group[0]["series"], "x": group[0]["x"],
             "n_seeds": len(group), "gen_ppl_mean": statistics.fmean(ppl),
@@ -237,7 +237,8 @@ def summarize(rows: list[dict[str, Any]], reference: str | None = None) -> list[
             if key in group[0]:
                 summary[key] = group[0][key]
         if ref and name != reference:
-            diffs = [r["gen_ppl"] - ref[r["seed"]] for r in group if r["seed"] in ref]
+            paired = [(r["gen_ppl"], ref.get(r["seed"])) for r in group]
+            diffs = [a - b for a, b in paired if a is not None and b is not None]
             summary["delta_vs_stage1"] = statistics.fmean(diffs) if diffs else None
             summary["better_than_stage1_seeds"] = f"{sum(d < 0 for d in diffs)}/{len(diffs)}"
         out.append(summary)
@@ -401,7 +402,8 @@ def run_sampling_sweep(
     build: Callable[[int], list[Setting]], length: int | None = None,
 ) -> SweepResult:  # fmt: skip
     """Build and check the grid, load the judge, then draw, judge and write (gamma, policy,
-    nfe). ``build`` makes the settings for the sequence length L."""
+    nfe). ``build`` makes the settings for the sequence length L; the first one is the
+    reference the others are compared with, seed by seed (stage 1 alone)."""
     from dind.checkpoint import load_checkpoint, read_config, resolve
     from dind.judges import load_judge
 
@@ -416,7 +418,7 @@ def run_sampling_sweep(
     ck = load_checkpoint(checkpoint, _device())
     samples_dir = out / "samples" / kind if opts.save_samples else None
     rows = draw_and_judge(ck.model, ck.tokenizer, settings, opts, judge, samples_dir, kind)
-    reference = next((s.name for s in settings if s.series == STAGE1), None)
+    reference = settings[0].name  # every grid starts with its stage-1 (first-hitting) setting
     meta = {"checkpoint": str(checkpoint), "length": L, "judge": judge.name,
             "seeds": list(opts.seeds), "num_samples": opts.num_samples,
             "settings": [{"name": s.name, "series": s.series, "x": s.x,
