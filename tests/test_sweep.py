@@ -39,6 +39,10 @@ def _csv(path):
         return list(csv.DictReader(f))
 
 
+def _jsonl(path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
 def _png_size(path) -> tuple[int, int]:
     data = path.read_bytes()
     assert data[:8] == PNG_MAGIC, f"{path} is not a PNG"
@@ -107,9 +111,33 @@ def test_policy_and_nfe_sweeps(trained_run):
     assert nfe["stage 1, ancestral T=1 (block 4)"] == 8  # one call per block
     assert nfe["two stages, block 32, gamma 0.25"] == 31 + 8
     assert nfe["two stages, block 32, gamma 1"] == 31 + 31  # BOS is never remasked
+    assert _png_size(res.files["png"])[0] > 100
     first_hitting = res.summary[0]["gen_ppl_mean"]
     for s in res.summary[1:]:  # compared with one-stage first-hitting, seed by seed
         assert s["delta_vs_stage1"] == pytest.approx(s["gen_ppl_mean"] - first_hitting)
+    assert _png_size(res.files["png"])[0] > 100
+
+
+def test_topp_control_sweep(trained_run):
+    opts = SweepOptions(seeds=(0,), num_samples=2, batch_size=2, progress=False)
+
+    def build(L):
+        return sweep.topp_settings(L, (0.9, 0.5), 0.5, L, opts)
+
+    out = trained_run / "topp"
+    res = sweep.run_sampling_sweep("topp", str(trained_run / "run"), out, opts, build)
+    assert [(s["series"], s["x"]) for s in res.summary] == [
+        ("stage 1", 0.9),
+        ("two stages", 0.9),
+        ("stage 1", 0.5),
+        ("two stages", 0.5),
+    ]
+    assert all("delta_vs_stage1" not in s for s in res.summary)  # no single reference here
+    folder = out / "samples" / "topp"
+    for p in ("0_9", "0_5"):  # each two-stage row refines the drafts of its own top-p
+        drafts = _jsonl(folder / f"stage_1_top_p_{p}_seed0.jsonl")
+        refined = _jsonl(folder / f"two_stages_block_32_gamma_0_5_top_p_{p}_seed0.jsonl")
+        assert [r["stage_tokens"][0] for r in refined] == [d["stage_tokens"][0] for d in drafts]
     assert _png_size(res.files["png"])[0] > 100
 
 
@@ -147,6 +175,7 @@ def test_mix_sweep_end_to_end(trained_run):
         (["gamma", "--seeds", "1,1"], "the seed list repeats a seed"),
         (["gamma", "--judge", "no-such-judge!"], "unknown judge"),
         (["gamma", "--length", "64"], "length 64 must be in 1..32"),
+        (["topp", "--top-ps", "0.9,1.5"], "setting 'stage 1, top-p 1.5': top-p must be in (0, 1]"),
     ],
 )  # fmt: skip
 def test_bad_grid_is_reported_before_any_work(trained_run, tmp_path, args, msg, capsys,

@@ -442,6 +442,34 @@ def sweep_nfe(
     _report_sweep(sweep.run_sampling_sweep("nfe", checkpoint, out, opts, build, length))
 
 
+@sweep_app.command("topp")
+def sweep_topp(
+    checkpoint: CheckpointOpt,
+    out: OutOpt,
+    top_ps: Annotated[str, typer.Option(help="Nucleus masses.")] = "0.9,0.8,0.7,0.5",
+    gamma: Annotated[float, typer.Option(help="Remask ratio.")] = 0.5,
+    block_size: Annotated[str, typer.Option(help="Stage-2 block size (L allowed).")] = "L",
+    seeds: SeedsOpt = "0,1,2",
+    num_samples: SamplesOpt = 8,
+    batch_size: Annotated[int, typer.Option()] = 8,
+    judge: JudgeOpt = "smollm2",
+    stage1: Stage1Opt = 4,
+    length: Annotated[int | None, typer.Option(help="L (default: the model's).")] = None,
+    progress: Annotated[bool, typer.Option()] = True,
+) -> None:
+    """The diversity control: stage 1 and two stages at each top-p, Gen PPL against entropy."""
+    from dind import sweep
+
+    opts = _sweep_options(seeds, num_samples, batch_size, judge, 0.9, stage1, progress)
+    ps = _parse_list(top_ps, float, "--top-ps")
+
+    def build(L):
+        (b,) = sweep.parse_sizes(block_size, L)[:1]
+        return sweep.topp_settings(L, ps, gamma, b, opts)
+
+    _report_sweep(sweep.run_sampling_sweep("topp", checkpoint, out, opts, build, length))
+
+
 @sweep_app.command("mix")
 def sweep_mix(
     out: OutOpt,

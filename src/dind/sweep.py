@@ -44,7 +44,7 @@ from dind.errors import DindError
 from dind.sampler import SamplerConfig
 
 STAGE1 = "stage 1"
-KINDS = ("gamma", "policy", "nfe", "mix")
+KINDS = ("gamma", "policy", "nfe", "topp", "mix")
 
 
 @dataclass(frozen=True)
@@ -155,6 +155,22 @@ def nfe_settings(
         out.append(_setting(f"two stages, block {block_size}, gamma {g:g}", "two stages", None,
                             stages=(opts.stage1, block_size), remask=(g,), length=L,
                             top_p=opts.top_p))  # fmt: skip
+    return out
+
+
+def topp_settings(
+    L: int, top_ps: tuple[float, ...], gamma: float, block_size: int, opts: SweepOptions
+) -> list[Setting]:
+    """The diversity control: stage 1 and two stages at each nucleus mass. A lower top-p also
+    lowers Gen PPL by making text less diverse; comparing the two curves at equal entropy says
+    whether the second stage buys more than that."""
+    out = []
+    for p in top_ps:
+        out.append(_setting(f"stage 1, top-p {p:g}", STAGE1, p, stages=(opts.stage1,),
+                            length=L, top_p=p))  # fmt: skip
+        out.append(_setting(f"two stages (block {block_size}, gamma {gamma:g}), top-p {p:g}",
+                            "two stages", p, stages=(opts.stage1, block_size), remask=(gamma,),
+                            length=L, top_p=p))  # fmt: skip
     return out
 
 
@@ -377,6 +393,26 @@ def plot_nfe(summary: list[dict[str, Any]], judge: str) -> bytes:
     return _png(plt, fig)
 
 
+def plot_topp(summary: list[dict[str, Any]], judge: str) -> bytes:
+    plt, fig, ax = _figure()
+    for series, marker in ((STAGE1, "s"), ("two stages", "o")):
+        pts = sorted((s for s in summary if s["series"] == series), key=lambda s: s["x"])
+        if not pts:
+            continue
+        ax.errorbar([s["entropy_mean"] for s in pts], [s["gen_ppl_mean"] for s in pts],
+                    yerr=[s["gen_ppl_std"] for s in pts], marker=marker, capsize=3,
+                    label=series)  # fmt: skip
+        for s in pts:
+            ax.annotate(f"p={s['x']:g}", (s["entropy_mean"], s["gen_ppl_mean"]),
+                        textcoords="offset points", xytext=(4, 4), fontsize=7)  # fmt: skip
+    ax.set_yscale("log")
+    ax.set_xlabel("unigram entropy (nats): diversity")
+    ax.set_ylabel(f"Gen PPL ({judge}), log scale")
+    ax.set_title("Quality against diversity across top-p")
+    ax.legend(fontsize=8)
+    return _png(plt, fig)
+
+
 def plot_mix(summary: list[dict[str, Any]], judge: str) -> bytes:
     plt, fig, ax = _figure()
     mixes = list(dict.fromkeys(s["series"] for s in summary))
@@ -418,12 +454,13 @@ def run_sampling_sweep(
     ck = load_checkpoint(checkpoint, _device())
     samples_dir = out / "samples" / kind if opts.save_samples else None
     rows = draw_and_judge(ck.model, ck.tokenizer, settings, opts, judge, samples_dir, kind)
-    reference = settings[0].name  # every grid starts with its stage-1 (first-hitting) setting
+    # every grid starts with its stage-1 setting; top-p's stage-1 rows differ in top-p
+    reference = None if kind == "topp" else settings[0].name
     meta = {"checkpoint": str(checkpoint), "length": L, "judge": judge.name,
             "seeds": list(opts.seeds), "num_samples": opts.num_samples,
             "settings": [{"name": s.name, "series": s.series, "x": s.x,
                           "sampler": dataclasses.asdict(s.sampler)} for s in settings]}  # fmt: skip
-    plot = {"gamma": plot_gamma, "policy": plot_policy, "nfe": plot_nfe}[kind]
+    plot = {"gamma": plot_gamma, "policy": plot_policy, "nfe": plot_nfe, "topp": plot_topp}[kind]
     return finish(kind, out, rows, meta, plot, reference)
 
 
@@ -566,6 +603,7 @@ CAPTIONS = {
     "gamma": "Revision scope: Gen PPL against gamma per stage-2 block size (Figure 2)",
     "policy": "Remasking policies (Table 2)",
     "nfe": "Quality against NFEs: one stage against two stages (Table 1's frontier)",
+    "topp": "Quality against diversity: stage 1 and two stages across top-p",
     "mix": "Training mixes: stage 1 and two stages (Table 3)",
 }
 
