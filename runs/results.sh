@@ -25,7 +25,11 @@ syn=$(.venv/bin/python -c "from dind.synthetic import default_corpus_dir; print(
 "$dind" sweep policy --checkpoint runs/synthetic --out "$out/synthetic" --judge oracle "${common[@]}"
 "$dind" sweep nfe --checkpoint runs/synthetic --out "$out/synthetic" --judge oracle "${common[@]}"
 
-# 3. Training mixes (Table 3) on the embedded corpus: pretrain at the full length, then
+# 3. The diversity control: stage 1 and two stages across top-p (Gen PPL against entropy).
+"$dind" sweep topp --checkpoint runs/demo --out "$out/shakespeare" "${common[@]}"
+"$dind" sweep topp --checkpoint runs/synthetic --out "$out/synthetic" --judge oracle "${common[@]}"
+
+# 4. Training mixes (Table 3) on the embedded corpus: pretrain at the full length, then
 #    fine-tune each mix for the same steps from it, as the paper fine-tunes from a full-length
 #    checkpoint.
 "$dind" sweep mix --out "$out/mix" --pretrain-steps 300 --steps 300 "${common[@]}"

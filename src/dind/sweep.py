@@ -334,6 +334,11 @@ def _figure():
     return plt, fig, ax
 
 
+def _judge_label(judge: str) -> str:
+    """``oracle:/long/path`` reads as ``oracle`` on an axis."""
+    return judge.partition(":")[0] if judge.startswith("oracle") else judge
+
+
 def _png(plt, fig) -> bytes:
     buf = io.BytesIO()
     fig.tight_layout()
@@ -359,7 +364,7 @@ def plot_gamma(summary: list[dict[str, Any]], judge: str) -> bytes:
                     yerr=[s["gen_ppl_std"] for s in pts], marker="o", capsize=3,
                     label=series)  # fmt: skip
     ax.set_xlabel("remask ratio gamma")
-    ax.set_ylabel(f"Gen PPL ({judge})")
+    ax.set_ylabel(f"Gen PPL ({_judge_label(judge)})")
     ax.set_title("Revision scope: Gen PPL vs gamma (Figure 2)")
     ax.legend(fontsize=8)
     return _png(plt, fig)
@@ -372,7 +377,7 @@ def plot_policy(summary: list[dict[str, Any]], judge: str) -> bytes:
     ax.bar([s["series"] for s in bars], [s["gen_ppl_mean"] for s in bars],
            yerr=[s["gen_ppl_std"] for s in bars], capsize=4,
            color=["tab:green", "tab:orange", "tab:red", "tab:blue"][: len(bars)])  # fmt: skip
-    ax.set_ylabel(f"Gen PPL ({judge})")
+    ax.set_ylabel(f"Gen PPL ({_judge_label(judge)})")
     ax.set_title("Remasking policy (Table 2)")
     ax.legend(fontsize=8)
     return _png(plt, fig)
@@ -387,7 +392,7 @@ def plot_nfe(summary: list[dict[str, Any]], judge: str) -> bytes:
                         yerr=[s["gen_ppl_std"] for s in pts], marker=marker, capsize=3,
                         label=series)  # fmt: skip
     ax.set_xlabel("NFEs per sample")
-    ax.set_ylabel(f"Gen PPL ({judge})")
+    ax.set_ylabel(f"Gen PPL ({_judge_label(judge)})")
     ax.set_title("Quality against NFEs")
     ax.legend(fontsize=8)
     return _png(plt, fig)
@@ -405,9 +410,13 @@ def plot_topp(summary: list[dict[str, Any]], judge: str) -> bytes:
         for s in pts:
             ax.annotate(f"p={s['x']:g}", (s["entropy_mean"], s["gen_ppl_mean"]),
                         textcoords="offset points", xytext=(4, 4), fontsize=7)  # fmt: skip
+    from matplotlib.ticker import ScalarFormatter
+
     ax.set_yscale("log")
+    ax.yaxis.set_major_formatter(ScalarFormatter())
+    ax.yaxis.set_minor_formatter(ScalarFormatter())
     ax.set_xlabel("unigram entropy (nats): diversity")
-    ax.set_ylabel(f"Gen PPL ({judge}), log scale")
+    ax.set_ylabel(f"Gen PPL ({_judge_label(judge)}), log scale")
     ax.set_title("Quality against diversity across top-p")
     ax.legend(fontsize=8)
     return _png(plt, fig)
@@ -424,7 +433,7 @@ def plot_mix(summary: list[dict[str, Any]], judge: str) -> bytes:
                [s["gen_ppl_mean"] for s in pts], width, yerr=[s["gen_ppl_std"] for s in pts],
                capsize=3, label=label)  # fmt: skip
     ax.set_xticks(range(len(mixes)), mixes, fontsize=8, rotation=10)
-    ax.set_ylabel(f"Gen PPL ({judge})")
+    ax.set_ylabel(f"Gen PPL ({_judge_label(judge)})")
     ax.set_title("Training mix (Table 3)")
     ax.legend(fontsize=8)
     return _png(plt, fig)
