@@ -24,19 +24,32 @@ for csv_path in sorted(root.glob("*/*.csv")):
     rows = list(csv.DictReader(csv_path.open()))
     mix = csv_path.stem == "mix"
     print(f"\n### {csv_path.parent.name} / {csv_path.stem} ({csv_path})\n")
-    head = ["setting", "Gen PPL (mean ± std over seeds)", "min-max", "vs stage 1 (seeds better)",
-            "entropy", "NFE"] + (["NELBO B=4", "NELBO B=L"] if mix else [])
+    head = [
+        "setting",
+        "Gen PPL (mean ± std over seeds)",
+        "min-max",
+        "vs stage 1 (seeds better)",
+        "entropy",
+        "NFE",
+    ] + (["NELBO B=4", "NELBO B=L"] if mix else [])
     print("| " + " | ".join(head) + " |")
     print("|" + "---|" * len(head))
     for r in rows:
         delta = r.get("delta_vs_stage1") or ""
         vs = f"{float(delta):+.1f} ({r['better_than_stage1_seeds']})" if delta else ""
-        cells = [r["setting"], f"{fmt(r['gen_ppl_mean'])} ± {fmt(r['gen_ppl_std'])}",
-                 f"{fmt(r['gen_ppl_min'])}-{fmt(r['gen_ppl_max'])}", vs,
-                 fmt(r["entropy_mean"], 2), fmt(r["nfe_mean"], 0)]
+        cells = [
+            r["setting"],
+            f"{fmt(r['gen_ppl_mean'])} ± {fmt(r['gen_ppl_std'])}",
+            f"{fmt(r['gen_ppl_min'])}-{fmt(r['gen_ppl_max'])}",
+            vs,
+            fmt(r["entropy_mean"], 2),
+            fmt(r["nfe_mean"], 0),
+        ]
         if mix:
             cells += [fmt(r.get("nelbo_small", ""), 3), fmt(r.get("nelbo_full", ""), 3)]
         print("| " + " | ".join(cells) + " |")
     png = csv_path.with_suffix(".png")
     if png.exists():
-        shutil.copy(png, docs / f"{csv_path.parent.name}_{png.name}")
+        prefix = "" if csv_path.parent.name == png.stem else f"{csv_path.parent.name}_"
+        name = prefix + png.name
+        shutil.copy(png, docs / name)
