@@ -496,8 +496,7 @@ def sweep_mix(
     stage1: Stage1Opt = 4,
     progress: Annotated[bool, typer.Option()] = True,
 ) -> None:
-    """Table 3: train each block-size mix briefly from the same start, then judge stage 1 and
-    two stages."""
+    """Table 3: train each block-size mix briefly from one start, judge stage 1 and two stages."""
     from dind import sweep
 
     opts = _sweep_options(seeds, num_samples, batch_size, judge, top_p, stage1, progress)
