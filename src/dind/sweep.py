@@ -233,10 +233,13 @@ def draw_and_judge(
     return rows
 
 
-def summarize(rows: list[dict[str, Any]], reference: str | None = None) -> list[dict[str, Any]]:
+Reference = str | dict[str, str] | None
+"""The setting others are compared with: one name for the whole sweep, or one per series."""
+
+
+def summarize(rows: list[dict[str, Any]], reference: Reference = None) -> list[dict[str, Any]]:
     """Per setting (in first-seen order): mean/std/min/max of Gen PPL over seeds, the means of
-    the rest, and the mean paired difference to the ``reference`` setting (same seed)."""
-    ref = {r["seed"]: r["gen_ppl"] for r in rows if r["setting"] == reference}
+    the rest, and the mean paired difference to its ``reference`` setting (same seed)."""
     out = []
     for name in dict.fromkeys(r["setting"] for r in rows):
         group = [r for r in rows if r["setting"] == name]
@@ -252,7 +255,9 @@ def summarize(rows: list[dict[str, Any]], reference: str | None = None) -> list[
         for key in ("nelbo_small", "nelbo_full"):
             if key in group[0]:
                 summary[key] = group[0][key]
-        if ref and name != reference:
+        ref_name = reference.get(summary["series"]) if isinstance(reference, dict) else reference
+        ref = {r["seed"]: r["gen_ppl"] for r in rows if r["setting"] == ref_name}
+        if ref and name != ref_name:
             paired = [(r["gen_ppl"], ref.get(r["seed"])) for r in group]
             diffs = [a - b for a, b in paired if a is not None and b is not None]
             summary["delta_vs_stage1"] = statistics.fmean(diffs) if diffs else None
@@ -307,7 +312,7 @@ class SweepResult:
 
 def finish(
     kind: str, out: Path, rows: list[dict[str, Any]], meta: dict[str, Any],
-    plot: Callable[[list[dict[str, Any]], str], bytes], reference: str | None,
+    plot: Callable[[list[dict[str, Any]], str], bytes], reference: Reference,
 ) -> SweepResult:  # fmt: skip
     """Summaries, CSVs, the JSON record and the plot of a finished sweep."""
     summary = summarize(rows, reference)
@@ -590,18 +595,9 @@ def run_mix_sweep(
             "num_samples": opts.num_samples, "gamma": gamma,
             "mixes": [{"name": m.name, "block_sizes": list(m.dist.block_sizes),
                        "probs": list(m.dist.probs)} for m in parsed]}  # fmt: skip
-    result = finish("mix", out, rows, meta, plot_mix, None)
-    for s in result.summary:  # the paired stage-2 minus stage-1 difference, per mix
-        if s["x"] == 2:
-            pair = [r for r in rows if r["series"] == s["series"]]
-            by_seed = {}
-            for r in pair:
-                by_seed.setdefault(r["seed"], {})[r["x"]] = r["gen_ppl"]
-            diffs = [v[2] - v[1] for v in by_seed.values() if 1 in v and 2 in v]
-            s["delta_vs_stage1"] = statistics.fmean(diffs)
-            s["better_than_stage1_seeds"] = f"{sum(d < 0 for d in diffs)}/{len(diffs)}"
-    write_csv(result.files["csv"], result.summary)
-    return result
+    # each mix's two-stage row is compared with that mix's own stage-1 row, seed by seed
+    references = {m.name: f"{m.name} / {settings[0].name}" for m in parsed}
+    return finish("mix", out, rows, meta, plot_mix, references)
 
 
 SUMMARY_COLUMNS = (("setting", "setting"), ("Gen PPL", "gen_ppl_mean"),
