@@ -208,16 +208,17 @@ def draw_and_judge(
     for seed, setting in bar:
         bar.set_postfix_str(f"seed {seed}: {setting.name}")
         cfg = dataclasses.replace(setting.sampler, seed=seed)
-        drafts = drafts_by_key.get(_stage1_key(cfg)) if len(cfg.stages) > 1 else None
-        if len(cfg.stages) > 1 and drafts is None:
-            first = dataclasses.replace(cfg, stages=cfg.stages[:1], remask=())
-            drafts = sample(model, first, opts.num_samples, opts.batch_size,
-                            tokenizer.bos_id, tokenizer.mask_id)  # fmt: skip
-            drafts_by_key[_stage1_key(cfg)] = drafts
+        key, drafts = _stage1_key(cfg), None
+        if len(cfg.stages) > 1:
+            if key not in drafts_by_key:
+                first = dataclasses.replace(cfg, stages=cfg.stages[:1], remask=())
+                drafts_by_key[key] = sample(model, first, opts.num_samples, opts.batch_size,
+                                            tokenizer.bos_id, tokenizer.mask_id)  # fmt: skip
+            drafts = drafts_by_key[key]
         drawn = sample(model, cfg, opts.num_samples, opts.batch_size, tokenizer.bos_id,
                        tokenizer.mask_id, drafts=drafts)  # fmt: skip
         if len(cfg.stages) == 1:
-            drafts_by_key[_stage1_key(cfg)] = drawn
+            drafts_by_key[key] = drawn
         if samples_dir is not None:
             write_samples(samples_dir / f"{slug(setting.name)}_seed{seed}.jsonl", drawn,
                           tokenizer, cfg)  # fmt: skip
@@ -344,7 +345,24 @@ def _judge_label(judge: str) -> str:
     return judge.partition(":")[0] if judge.startswith("oracle") else judge
 
 
-def _png(plt, fig) -> bytes:
+def _lines(ax, summary, series_markers, x_key: str, sort_key: str) -> list[list[dict]]:
+    """One error-bar line per series (Gen PPL ± its spread over seeds); returns the points."""
+    drawn = []
+    for series, marker in series_markers:
+        pts = sorted((s for s in summary if s["series"] == series), key=lambda s: s[sort_key])
+        if pts:
+            ax.errorbar([s[x_key] for s in pts], [s["gen_ppl_mean"] for s in pts],
+                        yerr=[s["gen_ppl_std"] for s in pts], marker=marker, capsize=3,
+                        label=series)  # fmt: skip
+            drawn.append(pts)
+    return drawn
+
+
+def _png(plt, fig, ax, judge: str, title: str, ylabel_note: str = "") -> bytes:
+    """Label the Gen PPL axis, title, legend, and the figure's PNG bytes."""
+    ax.set_ylabel(f"Gen PPL ({_judge_label(judge)}){ylabel_note}")
+    ax.set_title(title)
+    ax.legend(fontsize=8)
     buf = io.BytesIO()
     fig.tight_layout()
     fig.savefig(buf, format="png")
@@ -363,16 +381,10 @@ def _reference_line(ax, summary, label: str = "stage 1 alone") -> None:
 def plot_gamma(summary: list[dict[str, Any]], judge: str) -> bytes:
     plt, fig, ax = _figure()
     _reference_line(ax, summary)
-    for series in dict.fromkeys(s["series"] for s in summary if s["series"] != STAGE1):
-        pts = sorted((s for s in summary if s["series"] == series), key=lambda s: s["x"])
-        ax.errorbar([s["x"] for s in pts], [s["gen_ppl_mean"] for s in pts],
-                    yerr=[s["gen_ppl_std"] for s in pts], marker="o", capsize=3,
-                    label=series)  # fmt: skip
+    series = dict.fromkeys(s["series"] for s in summary if s["series"] != STAGE1)
+    _lines(ax, summary, [(name, "o") for name in series], "x", "x")
     ax.set_xlabel("remask ratio gamma")
-    ax.set_ylabel(f"Gen PPL ({_judge_label(judge)})")
-    ax.set_title("Revision scope: Gen PPL vs gamma (Figure 2)")
-    ax.legend(fontsize=8)
-    return _png(plt, fig)
+    return _png(plt, fig, ax, judge, "Revision scope: Gen PPL vs gamma (Figure 2)")
 
 
 def plot_policy(summary: list[dict[str, Any]], judge: str) -> bytes:
@@ -382,49 +394,29 @@ def plot_policy(summary: list[dict[str, Any]], judge: str) -> bytes:
     ax.bar([s["series"] for s in bars], [s["gen_ppl_mean"] for s in bars],
            yerr=[s["gen_ppl_std"] for s in bars], capsize=4,
            color=["tab:green", "tab:orange", "tab:red", "tab:blue"][: len(bars)])  # fmt: skip
-    ax.set_ylabel(f"Gen PPL ({_judge_label(judge)})")
-    ax.set_title("Remasking policy (Table 2)")
-    ax.legend(fontsize=8)
-    return _png(plt, fig)
+    return _png(plt, fig, ax, judge, "Remasking policy (Table 2)")
 
 
 def plot_nfe(summary: list[dict[str, Any]], judge: str) -> bytes:
     plt, fig, ax = _figure()
-    for series, marker in (("one stage", "s"), ("two stages", "o")):
-        pts = sorted((s for s in summary if s["series"] == series), key=lambda s: s["nfe_mean"])
-        if pts:
-            ax.errorbar([s["nfe_mean"] for s in pts], [s["gen_ppl_mean"] for s in pts],
-                        yerr=[s["gen_ppl_std"] for s in pts], marker=marker, capsize=3,
-                        label=series)  # fmt: skip
+    _lines(ax, summary, (("one stage", "s"), ("two stages", "o")), "nfe_mean", "nfe_mean")
     ax.set_xlabel("NFEs per sample")
-    ax.set_ylabel(f"Gen PPL ({_judge_label(judge)})")
-    ax.set_title("Quality against NFEs")
-    ax.legend(fontsize=8)
-    return _png(plt, fig)
+    return _png(plt, fig, ax, judge, "Quality against NFEs")
 
 
 def plot_topp(summary: list[dict[str, Any]], judge: str) -> bytes:
+    from matplotlib.ticker import ScalarFormatter
+
     plt, fig, ax = _figure()
-    for series, marker in ((STAGE1, "s"), ("two stages", "o")):
-        pts = sorted((s for s in summary if s["series"] == series), key=lambda s: s["x"])
-        if not pts:
-            continue
-        ax.errorbar([s["entropy_mean"] for s in pts], [s["gen_ppl_mean"] for s in pts],
-                    yerr=[s["gen_ppl_std"] for s in pts], marker=marker, capsize=3,
-                    label=series)  # fmt: skip
+    for pts in _lines(ax, summary, ((STAGE1, "s"), ("two stages", "o")), "entropy_mean", "x"):
         for s in pts:
             ax.annotate(f"p={s['x']:g}", (s["entropy_mean"], s["gen_ppl_mean"]),
                         textcoords="offset points", xytext=(4, 4), fontsize=7)  # fmt: skip
-    from matplotlib.ticker import ScalarFormatter
-
     ax.set_yscale("log")
     ax.yaxis.set_major_formatter(ScalarFormatter())
     ax.yaxis.set_minor_formatter(ScalarFormatter())
     ax.set_xlabel("unigram entropy (nats): diversity")
-    ax.set_ylabel(f"Gen PPL ({_judge_label(judge)}), log scale")
-    ax.set_title("Quality against diversity across top-p")
-    ax.legend(fontsize=8)
-    return _png(plt, fig)
+    return _png(plt, fig, ax, judge, "Quality against diversity across top-p", ", log scale")
 
 
 def plot_mix(summary: list[dict[str, Any]], judge: str) -> bytes:
@@ -438,10 +430,7 @@ def plot_mix(summary: list[dict[str, Any]], judge: str) -> bytes:
                [s["gen_ppl_mean"] for s in pts], width, yerr=[s["gen_ppl_std"] for s in pts],
                capsize=3, label=label)  # fmt: skip
     ax.set_xticks(range(len(mixes)), mixes, fontsize=8, rotation=10)
-    ax.set_ylabel(f"Gen PPL ({_judge_label(judge)})")
-    ax.set_title("Training mix (Table 3)")
-    ax.legend(fontsize=8)
-    return _png(plt, fig)
+    return _png(plt, fig, ax, judge, "Training mix (Table 3)")
 
 
 # ----------------------------------------------------------------------------- sampling sweeps
