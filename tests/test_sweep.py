@@ -175,6 +175,7 @@ def test_mix_sweep_end_to_end(trained_run):
         (["gamma", "--seeds", "1,1"], "the seed list repeats a seed"),
         (["gamma", "--judge", "no-such-judge!"], "unknown judge"),
         (["gamma", "--length", "64"], "length 64 must be in 1..32"),
+        (["policy", "--block-size", "16,32"], "one block size expected, got '16,32'"),
         (["topp", "--top-ps", "0.9,1.5"], "setting 'stage 1, top-p 1.5': top-p must be in (0, 1]"),
     ],
 )  # fmt: skip

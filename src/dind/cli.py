@@ -334,6 +334,12 @@ JudgeOpt = Annotated[str, typer.Option(help="smollm2 | oracle[:DIR] | AR run | H
 CheckpointOpt = Annotated[str, typer.Option(help="Checkpoint, run folder, BD3-LM folder/id.")]
 OutOpt = Annotated[Path, typer.Option(help="Folder for the CSVs, PNG, JSON and samples.")]
 Stage1Opt = Annotated[int, typer.Option(help="Stage-1 (draft) block size.")]
+BatchOpt = Annotated[int, typer.Option(help="Sequences per batch.")]
+TopPOpt = Annotated[float, typer.Option(help="Nucleus mass.")]
+LengthOpt = Annotated[int | None, typer.Option(help="L (default: the model's).")]
+ProgressOpt = Annotated[bool, typer.Option(help="Show progress bars.")]
+BlockOpt = Annotated[str, typer.Option(help="Stage-2 block size (L allowed).")]
+GammaOpt = Annotated[float, typer.Option(help="Remask ratio.")]
 
 
 def _sweep_options(seeds, num_samples, batch_size, judge, top_p, stage1, progress):
@@ -362,12 +368,12 @@ def sweep_gamma(
     policy: Annotated[str, typer.Option(help="snapshot | posthoc | random")] = "snapshot",
     seeds: SeedsOpt = "0,1,2",
     num_samples: SamplesOpt = 8,
-    batch_size: Annotated[int, typer.Option()] = 8,
+    batch_size: BatchOpt = 8,
     judge: JudgeOpt = "smollm2",
-    top_p: Annotated[float, typer.Option()] = 0.9,
+    top_p: TopPOpt = 0.9,
     stage1: Stage1Opt = 4,
-    length: Annotated[int | None, typer.Option(help="L (default: the model's).")] = None,
-    progress: Annotated[bool, typer.Option()] = True,
+    length: LengthOpt = None,
+    progress: ProgressOpt = True,
 ) -> None:
     """Figure 2: Gen PPL against gamma for several stage-2 block sizes, stage 1 as reference."""
     from dind import sweep
@@ -385,17 +391,17 @@ def sweep_gamma(
 def sweep_policy(
     checkpoint: CheckpointOpt,
     out: OutOpt,
-    gamma: Annotated[float, typer.Option(help="Remask ratio.")] = 0.5,
-    block_size: Annotated[str, typer.Option(help="Stage-2 block size (L allowed).")] = "L",
+    gamma: GammaOpt = 0.5,
+    block_size: BlockOpt = "L",
     policies: Annotated[str, typer.Option()] = "snapshot,posthoc,random",
     seeds: SeedsOpt = "0,1,2",
     num_samples: SamplesOpt = 8,
-    batch_size: Annotated[int, typer.Option()] = 8,
+    batch_size: BatchOpt = 8,
     judge: JudgeOpt = "smollm2",
-    top_p: Annotated[float, typer.Option()] = 0.9,
+    top_p: TopPOpt = 0.9,
     stage1: Stage1Opt = 4,
-    length: Annotated[int | None, typer.Option(help="L (default: the model's).")] = None,
-    progress: Annotated[bool, typer.Option()] = True,
+    length: LengthOpt = None,
+    progress: ProgressOpt = True,
 ) -> None:
     """Table 2: snapshot, post-hoc and random remasking at one (block size, gamma)."""
     from dind import sweep
@@ -404,8 +410,7 @@ def sweep_policy(
     names = _parse_list(policies, str, "--policies")
 
     def build(L):
-        (b,) = sweep.parse_sizes(block_size, L)[:1]
-        return sweep.policy_settings(L, gamma, b, names, opts)
+        return sweep.policy_settings(L, gamma, sweep.parse_size(block_size, L), names, opts)
 
     _report_sweep(sweep.run_sampling_sweep("policy", checkpoint, out, opts, build, length))
 
@@ -418,15 +423,15 @@ def sweep_nfe(
         str, typer.Option(help="One-stage ancestral steps T per block (fewer NFEs).")
     ] = "1,2,3",
     gammas: Annotated[str, typer.Option(help="Two-stage remask ratios.")] = "0.1,0.25,0.5,1.0",
-    block_size: Annotated[str, typer.Option(help="Stage-2 block size (L allowed).")] = "L",
+    block_size: BlockOpt = "L",
     seeds: SeedsOpt = "0,1,2",
     num_samples: SamplesOpt = 8,
-    batch_size: Annotated[int, typer.Option()] = 8,
+    batch_size: BatchOpt = 8,
     judge: JudgeOpt = "smollm2",
-    top_p: Annotated[float, typer.Option()] = 0.9,
+    top_p: TopPOpt = 0.9,
     stage1: Stage1Opt = 4,
-    length: Annotated[int | None, typer.Option(help="L (default: the model's).")] = None,
-    progress: Annotated[bool, typer.Option()] = True,
+    length: LengthOpt = None,
+    progress: ProgressOpt = True,
 ) -> None:
     """The quality-against-NFE frontier: one stage against two stages."""
     from dind import sweep
@@ -436,8 +441,7 @@ def sweep_nfe(
     ratios = _parse_list(gammas, float, "--gammas")
 
     def build(L):
-        (b,) = sweep.parse_sizes(block_size, L)[:1]
-        return sweep.nfe_settings(L, ts, ratios, b, opts)
+        return sweep.nfe_settings(L, ts, ratios, sweep.parse_size(block_size, L), opts)
 
     _report_sweep(sweep.run_sampling_sweep("nfe", checkpoint, out, opts, build, length))
 
@@ -447,15 +451,15 @@ def sweep_topp(
     checkpoint: CheckpointOpt,
     out: OutOpt,
     top_ps: Annotated[str, typer.Option(help="Nucleus masses.")] = "0.9,0.8,0.7,0.5",
-    gamma: Annotated[float, typer.Option(help="Remask ratio.")] = 0.5,
-    block_size: Annotated[str, typer.Option(help="Stage-2 block size (L allowed).")] = "L",
+    gamma: GammaOpt = 0.5,
+    block_size: BlockOpt = "L",
     seeds: SeedsOpt = "0,1,2",
     num_samples: SamplesOpt = 8,
-    batch_size: Annotated[int, typer.Option()] = 8,
+    batch_size: BatchOpt = 8,
     judge: JudgeOpt = "smollm2",
     stage1: Stage1Opt = 4,
-    length: Annotated[int | None, typer.Option(help="L (default: the model's).")] = None,
-    progress: Annotated[bool, typer.Option()] = True,
+    length: LengthOpt = None,
+    progress: ProgressOpt = True,
 ) -> None:
     """The diversity control: stage 1 and two stages at each top-p, Gen PPL against entropy."""
     from dind import sweep
@@ -464,8 +468,7 @@ def sweep_topp(
     ps = _parse_list(top_ps, float, "--top-ps")
 
     def build(L):
-        (b,) = sweep.parse_sizes(block_size, L)[:1]
-        return sweep.topp_settings(L, ps, gamma, b, opts)
+        return sweep.topp_settings(L, ps, gamma, sweep.parse_size(block_size, L), opts)
 
     _report_sweep(sweep.run_sampling_sweep("topp", checkpoint, out, opts, build, length))
 
@@ -490,11 +493,11 @@ def sweep_mix(
     gamma: Annotated[float, typer.Option(help="Stage-2 remask ratio (block L).")] = 0.5,
     seeds: SeedsOpt = "0,1,2",
     num_samples: SamplesOpt = 8,
-    batch_size: Annotated[int, typer.Option()] = 8,
+    batch_size: BatchOpt = 8,
     judge: JudgeOpt = "smollm2",
-    top_p: Annotated[float, typer.Option()] = 0.9,
+    top_p: TopPOpt = 0.9,
     stage1: Stage1Opt = 4,
-    progress: Annotated[bool, typer.Option()] = True,
+    progress: ProgressOpt = True,
 ) -> None:
     """Table 3: train each block-size mix briefly from one start, judge stage 1 and two stages."""
     from dind import sweep

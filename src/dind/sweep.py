@@ -100,6 +100,14 @@ def parse_sizes(text: str, L: int) -> tuple[int, ...]:
     return tuple(sizes)
 
 
+def parse_size(text: str, L: int) -> int:
+    """One block size ("64", "L", "L/2")."""
+    sizes = parse_sizes(text, L)
+    if len(sizes) != 1:
+        raise DindError(f"one block size expected, got {text!r}")
+    return sizes[0]
+
+
 def _setting(name: str, series: str, x: float | None, **kwargs) -> Setting:
     try:
         return Setting(name, series, x, SamplerConfig(**kwargs))
