@@ -148,7 +148,7 @@ def save_dind(path, causal: bool):
             p.normal_(0.0, 0.3)
         model.output_layer.linear.bias[tokenizer.mask_id] = 10.0  # would dominate if not excluded
     run = RunConfig(model=cfg, train=TrainConfig(objective="ar" if causal else "bd3"))
-    save_checkpoint(path, model, run, tokenizer, 1e-3, 1.0)
+    save_checkpoint(path, model, run, tokenizer, {4: (1e-3, 1.0)})
     return model.eval(), tokenizer
 
 

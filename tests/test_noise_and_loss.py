@@ -11,19 +11,79 @@ from dind.mixed_scale import sample_block_sizes
 from dind.model import DiT
 
 
-def test_t_is_constant_within_blocks_and_stratified():
-    sizes = torch.tensor([4, 16, 8])
+def test_t_is_constant_within_blocks_and_stratified_per_size_group():
+    sizes = torch.tensor([4, 16, 8, 4])
     t = noise.sample_t(sizes, 16, 0.2, 0.9, antithetic=True)
     gid = noise.block_ids(sizes, 16)
     n = int(gid.max()) + 1
-    assert n == 4 + 1 + 2
+    assert n == 4 + 1 + 2 + 4
     per_block = torch.stack([t[gid == g].unique() for g in range(n)]).squeeze(-1)
     assert per_block.numel() == n  # exactly one t per block
-    # antithetic: block g lies in its own stratum of [beta, omega]
     u = (per_block - 0.2) / 0.7
-    lo = torch.arange(n) / n
-    assert ((u >= lo - 1e-6) & (u <= lo + 1 / n + 1e-6)).all()
+    # antithetic within each size group: its G_s blocks, in batch order, fill the G_s strata
+    for size in (4, 16, 8):
+        group = torch.tensor([sizes[r] == size for r in range(4) for _ in range(16 // sizes[r])])
+        k = int(group.sum())
+        lo = torch.arange(k) / k
+        assert ((u[group] >= lo - 1e-6) & (u[group] <= lo + 1 / k + 1e-6)).all(), size
     assert (t >= 0.2).all() and (t <= 0.9).all()
+
+
+def test_one_block_size_draws_exactly_bd3lms_t():
+    """A batch of one block size draws t as before per-size groups existed: u_g / G + g / G."""
+    sizes = torch.full((6,), 4)
+    torch.manual_seed(3)
+    t = noise.sample_t(sizes, 32, 0.3, 0.8)
+    torch.manual_seed(3)
+    n = 6 * 8
+    u = torch.rand(n)
+    ref = 0.3 + (0.8 - 0.3) * ((u / n + torch.arange(n) / n) % 1)
+    assert torch.equal(t, ref[noise.block_ids(sizes, 32)])
+    # and a batch whose rows share one interval gets plain floats (the same code path)
+    assert noise.row_bounds(sizes, {4: (0.3, 0.8)}) == (0.3, 0.8)
+
+
+def _ks_uniform(values: torch.Tensor, lo: float, hi: float) -> float:
+    """Kolmogorov-Smirnov statistic of ``values`` against Uniform(lo, hi)."""
+    x = ((values.double() - lo) / (hi - lo)).sort().values
+    n = len(x)
+    i = torch.arange(1, n + 1, dtype=torch.float64)
+    return float(torch.maximum(i / n - x, x - (i - 1) / n).max())
+
+
+def test_whole_sequence_rows_draw_t_uniformly_on_their_interval():
+    """The paper's mix at batch 16: the t of the B = L rows is uniform on their own interval,
+    whatever the small-block rows beside them (KS test, 0.1% level), and the B = 4 rows stay in
+    theirs."""
+    L, dist = 64, BlockSizeDistribution((4, 64), (0.9, 0.1))
+    intervals = {4: (0.5, 1.0), 64: (1e-3, 1.0)}
+    full, small = [], []
+    for _ in range(1500):
+        sizes = sample_block_sizes(dist, 16)
+        lo, hi = noise.row_bounds(sizes, intervals)
+        t = noise.sample_t(sizes, L, lo, hi)[:, 0]  # (B,) the row's first block
+        full.append(t[sizes == L])
+        small.append(noise.sample_t(sizes, L, lo, hi)[sizes == 4])
+    full, small = torch.cat(full), torch.cat(small)
+    assert len(full) > 1000
+    assert _ks_uniform(full, 1e-3, 1.0) < 1.95 / math.sqrt(len(full))
+    assert small.min() >= 0.5 and small.max() <= 1.0
+    share = float((full < 1 / 64).double().mean())  # a uniform draw gives 1.6%
+    assert abs(share - (1 / 64 - 1e-3) / (1 - 1e-3)) < 0.01
+
+
+def test_resampling_respects_each_rows_interval():
+    x0 = torch.randint(0, 10, (32, 32))
+    sizes = torch.tensor([8, 32] * 16)
+    lo, hi = noise.row_bounds(sizes, {8: (0.3, 0.8), 32: (1e-3, 1.0)})
+    assert isinstance(lo, torch.Tensor) and lo.shape == (32,)
+    t = noise.sample_t(sizes, 32, lo, hi)
+    xt = noise.q_xt(x0, t, sizes, mask_id=10, eps_min=lo, eps_max=hi, resample=True)
+    small = (xt[sizes == 8] == 10).float().view(16, 4, 8).mean(-1)
+    assert (small >= 0.3).all() and (small <= 0.8).all()
+    assert ((t[sizes == 32] >= 1e-3) & (t[sizes == 32] <= 1.0)).all()
+    with pytest.raises(ValueError, match="no noise interval for block size 32"):
+        noise.row_bounds(sizes, {8: (0.3, 0.8)})
 
 
 def test_resampling_keeps_masked_fraction_in_bounds():

@@ -136,7 +136,7 @@ def test_failed_save_leaves_no_complete_looking_folder(tmp_path, monkeypatch):
     monkeypatch.setattr(ckpt, "save_file", boom)
     with pytest.raises(OSError):
         ckpt.save_checkpoint(
-            tmp_path / "new", loaded.model, loaded.run_config, loaded.tokenizer, 1e-3, 1.0
+            tmp_path / "new", loaded.model, loaded.run_config, loaded.tokenizer, loaded.intervals
         )
     assert not (tmp_path / "new").exists()
     assert not any(p.name.startswith(".new") for p in tmp_path.iterdir())
@@ -273,3 +273,44 @@ def test_two_process_torchrun_keeps_replicas_identical(tmp_path):
     steps = [m for m in records if "loss" in m]
     # each step consumed 2 rows on each of 2 ranks
     assert steps[-1]["step"] == 4 and steps[-1]["tokens"] == 4 * 2 * 2 * 32
+
+
+def test_each_block_size_gets_its_own_searched_interval(tmp_path, capsys):
+    """The clip search runs per block size of P_B; the intervals are logged, printed at each
+    validation, saved in the checkpoint (BD3-LM's buffers hold the draft size's) and round-trip
+    through it; resuming trains with them."""
+    corpus = write_corpus(tmp_path / "corpus")
+    run = tiny_run(corpus, max_steps=4, eval_every=2,
+                   block_dist=BlockSizeDistribution((4, 32), (0.75, 0.25)))  # fmt: skip
+    train(run, tmp_path / "run", progress=True)
+    printed = capsys.readouterr()
+    evals = [m for m in read_metrics(tmp_path / "run") if "intervals" in m]
+    assert [m["step"] for m in evals] == [0, 2, 4]
+    assert all(set(m["intervals"]) == {"4", "32"} for m in evals)
+    assert "noise intervals B=4 [" in printed.out and "B=32 [" in printed.out
+    searched = {int(b): tuple(v) for b, v in evals[-1]["intervals"].items()}
+    loaded = ckpt.load_checkpoint(tmp_path / "run")
+    assert loaded.intervals == searched
+    assert (loaded.eps_min, loaded.eps_max) == searched[4]  # the draft size's pair
+    sd = ckpt.read_weights(tmp_path / "run" / "checkpoint")
+    assert float(sd["sampling_eps_min"]) == pytest.approx(searched[4][0])
+    # round trip through a save of the loaded checkpoint
+    ckpt.save_checkpoint(tmp_path / "copy", loaded.model, loaded.run_config, loaded.tokenizer,
+                         {4: (0.25, 0.75), 32: (1e-3, 0.5)})  # fmt: skip
+    assert ckpt.load_checkpoint(tmp_path / "copy").intervals == {4: (0.25, 0.75), 32: (1e-3, 0.5)}
+
+
+def test_start_intervals_given_source_and_defaults(tmp_path):
+    from dind.config import NoiseConfig
+    from dind.train import start_intervals
+
+    corpus = write_corpus(tmp_path / "corpus")
+    dist = BlockSizeDistribution((4, 8, 32), (0.8, 0.1, 0.1))
+    noise_cfg = NoiseConfig(eps_min=0.2, eps_max=0.9, intervals={"8": [0.1, 0.6]})
+    run = tiny_run(corpus, block_dist=dist, noise=noise_cfg)
+    # given > the checkpoint fine-tuned from > default (B = L unclipped, others [eps_min, eps_max])
+    assert start_intervals(run) == {4: (0.2, 0.9), 8: (0.1, 0.6), 32: (1e-3, 1.0)}
+    assert start_intervals(run, {4: (0.5, 1.0), 8: (0.3, 0.3)}) == {
+        4: (0.5, 1.0), 8: (0.1, 0.6), 32: (1e-3, 1.0)}  # fmt: skip
+    with pytest.raises(DindError, match="beta <= omega"):
+        NoiseConfig(intervals={4: (0.9, 0.1)})

@@ -4,7 +4,9 @@ A checkpoint folder holds:
 - ``config.json``: BD3-LM's hub fields (``block_size``, ``model_length``, ``hidden_dim``, ...)
   plus the full resolved dind config under ``"dind"``;
 - ``model.safetensors``: the EMA weights under BD3-LM's keys (``backbone.*``) and the 0-d
-  buffers ``sampling_eps_min`` / ``sampling_eps_max``;
+  buffers ``sampling_eps_min`` / ``sampling_eps_max`` (the draft block size's noise interval;
+  the interval of every block size trained on is under ``"dind_noise_intervals"`` in
+  ``config.json``);
 - ``tokenizer.json`` / ``tokenizer_config.json``: the tokenizer travels with the weights;
 - ``training_state.pt`` (training runs only): raw weights, optimizer, step; plain tensors,
   loaded with ``weights_only=True``.
@@ -35,15 +37,17 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from dind.config import ModelConfig, RunConfig, TrainConfig
+from dind.config import BlockSizeDistribution, ModelConfig, RunConfig, TrainConfig
 from dind.errors import DindError
 from dind.model import DiT
+from dind.noise import DEFAULT_EPS_MAX, DEFAULT_EPS_MIN, Intervals
 from dind.tokenizer import Tokenizer
 
 PREFIX = "backbone."
 WEIGHTS = "model.safetensors"
 CONFIG = "config.json"
 TRAINING_STATE = "training_state.pt"
+INTERVALS_KEY = "dind_noise_intervals"
 
 
 @dataclass
@@ -51,15 +55,37 @@ class Checkpoint:
     model: DiT
     run_config: RunConfig
     tokenizer: Tokenizer
-    eps_min: float
-    eps_max: float
+    intervals: Intervals
+    """The clipped noise interval of each block size the model was trained with."""
     path: Path
+
+    @property
+    def eps_min(self) -> float:
+        """BD3-LM's ``sampling_eps_min``: the draft block size's beta."""
+        return draft_interval(self.run_config, self.intervals)[0]
+
+    @property
+    def eps_max(self) -> float:
+        return draft_interval(self.run_config, self.intervals)[1]
+
+
+def draft_interval(run: RunConfig, intervals: Intervals) -> tuple[float, float]:
+    """The interval BD3-LM's single pair of buffers holds: the draft block size's."""
+    return intervals.get(run.train.block_dist.draft, (DEFAULT_EPS_MIN, DEFAULT_EPS_MAX))
+
+
+def intervals_to_json(intervals: Intervals) -> dict[str, list[float]]:
+    return {str(b): [lo, hi] for b, (lo, hi) in sorted(intervals.items())}
+
+
+def intervals_from_json(obj: dict) -> Intervals:
+    return {int(b): (float(lo), float(hi)) for b, (lo, hi) in obj.items()}
 
 
 def bd3lm_config_fields(run: RunConfig, eps_min: float, eps_max: float) -> dict[str, Any]:
     """BD3-LM's ``config.json`` fields for this model."""
-    m, dist = run.model, run.train.block_dist
-    draft = max(zip(dist.probs, dist.block_sizes, strict=True))[1]  # the most probable block size
+    m = run.model
+    draft = run.train.block_dist.draft
     return {
         "model_type": "bd3lm",
         "block_size": 1 if m.causal else draft,
@@ -93,18 +119,19 @@ def save_checkpoint(
     model: DiT,
     run: RunConfig,
     tokenizer: Tokenizer,
-    eps_min: float,
-    eps_max: float,
+    intervals: Intervals,
     training_state: dict[str, Any] | None = None,
 ) -> Path:
     """Write a complete checkpoint folder at ``path`` atomically (replacing any old one)."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
     tmp.mkdir(parents=True)
+    eps_min, eps_max = draft_interval(run, intervals)
     try:
         save_file(state_dict_for_save(model, eps_min, eps_max), str(tmp / WEIGHTS))
         config = bd3lm_config_fields(run, eps_min, eps_max)
         config["dind"] = run.to_dict()
+        config[INTERVALS_KEY] = intervals_to_json(intervals)
         (tmp / CONFIG).write_text(json.dumps(config, indent=2))
         tokenizer.save(tmp)
         if training_state is not None:
@@ -180,7 +207,12 @@ def read_config(path: Path) -> RunConfig:
         )
     except KeyError as e:
         raise DindError(f"{path / CONFIG} lacks the BD3-LM field {e}") from None
-    return RunConfig(model=model, train=TrainConfig(tokenizer="gpt2"), preset="bd3lm")
+    train = TrainConfig(tokenizer="gpt2")
+    block_size = config.get("block_size")
+    if isinstance(block_size, int) and block_size > 0 and model.seq_len % block_size == 0:
+        # the block size it was trained at: its sampling_eps_min/max belong to that size
+        train.block_dist = BlockSizeDistribution((block_size,), (1.0,))
+    return RunConfig(model=model, train=train, preset="bd3lm")
 
 
 def load_state_dict_strict(model: DiT, sd: dict[str, torch.Tensor], source: str) -> None:
@@ -264,9 +296,20 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Che
     sd = read_weights(path)
     model = DiT(run.model)
     load_state_dict_strict(model, sd, str(path / WEIGHTS))
-    eps_min = float(sd.get("sampling_eps_min", torch.tensor(1e-3)))
-    eps_max = float(sd.get("sampling_eps_max", torch.tensor(1.0)))
-    return Checkpoint(model.to(device).eval(), run, tokenizer, eps_min, eps_max, path)
+    eps = (float(sd.get("sampling_eps_min", torch.tensor(DEFAULT_EPS_MIN))),
+           float(sd.get("sampling_eps_max", torch.tensor(DEFAULT_EPS_MAX))))  # fmt: skip
+    intervals = _read_intervals(path) or {run.train.block_dist.draft: eps}
+    return Checkpoint(model.to(device).eval(), run, tokenizer, intervals, path)
+
+
+def _read_intervals(path: Path) -> Intervals:
+    """The per-block-size intervals a dind checkpoint records; BD3-LM's folders (and dind's
+    before they were recorded) have only the draft size's pair of buffers."""
+    config = json.loads((path / CONFIG).read_text())
+    try:
+        return intervals_from_json(config.get(INTERVALS_KEY) or {})
+    except (TypeError, ValueError, AttributeError):
+        raise DindError(f"{path / CONFIG}: {INTERVALS_KEY} is not a map of intervals") from None
 
 
 def export_checkpoint(src: str | Path, dest: str | Path) -> Path:
@@ -279,7 +322,7 @@ def export_checkpoint(src: str | Path, dest: str | Path) -> Path:
     ck = load_checkpoint(src)
     if dest.exists():
         dest.rmdir()
-    save_checkpoint(dest, ck.model, ck.run_config, ck.tokenizer, ck.eps_min, ck.eps_max)
+    save_checkpoint(dest, ck.model, ck.run_config, ck.tokenizer, ck.intervals)
     config = json.loads((dest / CONFIG).read_text())
     config["architectures"] = ["BD3LM"]
     config["auto_map"] = {

@@ -100,6 +100,11 @@ class BlockSizeDistribution:
         if abs(sum(self.probs) - 1.0) > 1e-6:
             raise DindError(f"block probabilities must sum to 1, got {sum(self.probs):g}")
 
+    @property
+    def draft(self) -> int:
+        """The draft block size: the most probable one (the larger size on a tie)."""
+        return max(zip(self.probs, self.block_sizes, strict=True))[1]
+
     def check_divides(self, seq_len: int) -> None:
         bad = [b for b in self.block_sizes if seq_len % b]
         if bad:
@@ -131,9 +136,13 @@ class NoiseConfig:
     """Log-linear masking schedule with BD3-LM's clipped bounds [beta, omega]."""
 
     eps_min: float = 1e-3
-    """beta: lower bound of t (and of a block's masked fraction when resampling)."""
+    """beta: lower bound of t (and of a block's masked fraction when resampling), for every block
+    size below L that ``intervals`` does not name; whole-sequence rows start unclipped."""
     eps_max: float = 1.0
-    """omega: upper bound of t."""
+    """omega: upper bound of t, likewise."""
+    intervals: dict[int, tuple[float, float]] = field(default_factory=dict)
+    """Given (beta, omega) per block size, overriding the defaults above; the search (when on)
+    replaces them at each validation."""
     antithetic: bool = True
     """Stratify the per-block t over all blocks of the batch (variance reduction)."""
     resample: bool = True
@@ -147,11 +156,17 @@ class NoiseConfig:
 
     def __post_init__(self) -> None:
         self.clip_search_widths = tuple(float(w) for w in self.clip_search_widths)
-        if not 0.0 < self.eps_min <= self.eps_max <= 1.0:
-            raise DindError(
-                f"noise bounds must satisfy 0 < beta <= omega <= 1, "
-                f"got [{self.eps_min}, {self.eps_max}]"
-            )
+        try:  # JSON gives string keys and lists
+            self.intervals = {int(b): (float(lo), float(hi))
+                              for b, (lo, hi) in dict(self.intervals).items()}  # fmt: skip
+        except (TypeError, ValueError):
+            raise DindError(f"noise intervals must map block sizes to (beta, omega): "
+                            f"{self.intervals!r}") from None  # fmt: skip
+        for lo, hi in [(self.eps_min, self.eps_max), *self.intervals.values()]:
+            if not 0.0 < lo <= hi <= 1.0:
+                raise DindError(
+                    f"noise bounds must satisfy 0 < beta <= omega <= 1, got [{lo}, {hi}]"
+                )
         if any(not 0 < w <= 1 for w in self.clip_search_widths) or self.clip_search_delta <= 0:
             raise DindError("clip-search widths must be in (0, 1] and delta positive")
 

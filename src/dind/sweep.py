@@ -286,12 +286,14 @@ def _write_atomic(path: Path, data: bytes) -> None:
 
 
 def write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
+    """Floats at full precision (``repr`` round-trips), so a CSV reader recomputes the summary
+    from the per-seed rows exactly."""
     fields = list(dict.fromkeys(k for r in rows for k in r))
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=fields, lineterminator="\n")
     writer.writeheader()
     for r in rows:
-        writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in r.items()})
+        writer.writerow({k: (repr(v) if isinstance(v, float) else v) for k, v in r.items()})
     _write_atomic(path, buf.getvalue().encode())
 
 

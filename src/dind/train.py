@@ -7,8 +7,10 @@ Design choices:
 - Saved and evaluated weights are the EMA weights; the raw weights and optimizer state go
   into ``training_state.pt`` beside them.
 - Validation reports the NELBO with the unclipped bounds (1e-3, 1) at every block size of
-  P_B, then (``noise.clip_search``) picks the clipped bounds [beta, omega] with the least
-  loss variance, which the next steps train with.
+  P_B, then (``clip_search``) picks, for each block size on its own, the clipped bounds
+  [beta, omega] under which that size's loss has the least variance; the next steps train
+  every row with its own size's interval. Before the first search (and with the search off)
+  whole-sequence rows are unclipped and smaller blocks use the configured [eps_min, eps_max].
 - Data parallel: torchrun sets the environment; gloo on CPU, NCCL on CUDA; each rank takes
   its own slice of the global batch and draws its own block sizes and noise.
 """
@@ -97,15 +99,33 @@ RESUMABLE_CHANGES = {"max_steps", "eval_every", "log_every", "compile"}
 
 
 def compute_loss(
-    model, run: RunConfig, x0: torch.Tensor, block_sizes, eps: tuple[float, float], eval_mode=False
-) -> LossOutput:
+    model, run: RunConfig, x0: torch.Tensor, block_sizes, intervals: noise.Intervals,
+    eval_mode=False,
+) -> LossOutput:  # fmt: skip
+    """The run's objective on ``x0``; each row trains with its block size's noise interval."""
     cfg, noise_cfg = run.model, run.train.noise
     if run.train.objective == "ar":
         return ar_loss(model, cfg, x0)
+    eps_min, eps_max = noise.row_bounds(block_sizes, intervals)
     return bd3_loss(
-        model, cfg, x0, block_sizes, eps[0], eps[1], noise_cfg.antithetic,
+        model, cfg, x0, block_sizes, eps_min, eps_max, noise_cfg.antithetic,
         noise_cfg.resample, eval_mode=eval_mode,
     )  # fmt: skip
+
+
+def start_intervals(run: RunConfig, source: noise.Intervals | None = None) -> noise.Intervals:
+    """Each block size's interval before the first search: given in the config, else the
+    checkpoint fine-tuned from, else ``noise.default_interval``."""
+    n, L = run.train.noise, run.model.seq_len
+    out = {}
+    for b in run.train.block_dist.block_sizes:
+        given = n.intervals.get(b) or (source or {}).get(b)
+        out[b] = given or noise.default_interval(b, L, n.eps_min, n.eps_max)
+    return out
+
+
+def format_intervals(intervals: noise.Intervals) -> str:
+    return ", ".join(f"B={b} [{lo:g}, {hi:g}]" for b, (lo, hi) in sorted(intervals.items()))
 
 
 @torch.no_grad()
@@ -114,9 +134,8 @@ def evaluate(
     run: RunConfig,
     val: TokenRows,
     device: torch.device,
-    eps: tuple[float, float],
     autocast,
-) -> dict[str, float]:
+) -> dict[str, Any]:
     """Held-out NELBO (unclipped bounds) at each block size of P_B, and the clip search."""
     tc = run.train
     torch.manual_seed(tc.seed + 12_345)  # the same noise at every evaluation
@@ -136,31 +155,29 @@ def evaluate(
                     run,
                     x0,
                     torch.full((len(x0),), bs, device=device),
-                    (noise.DEFAULT_EPS_MIN, noise.DEFAULT_EPS_MAX),
+                    {bs: (noise.DEFAULT_EPS_MIN, noise.DEFAULT_EPS_MAX)},
                     eval_mode=True,
                 )
             total += res.nll[res.token_mask].sum().item()
             count += int(res.token_mask.sum().item())
         key = "val_nll" if tc.objective == "ar" else f"val_nelbo_bs{bs}"
         out[key] = total / count
-    primary = out["val_nll"] if tc.objective == "ar" else out[f"val_nelbo_bs{_draft(run)}"]
+    draft = tc.block_dist.draft
+    primary = out["val_nll"] if tc.objective == "ar" else out[f"val_nelbo_bs{draft}"]
     out["val_nelbo"] = primary
     out["val_ppl"] = math.exp(min(primary, 50.0))
     if tc.objective == "bd3" and tc.noise.clip_search:
-        out["eps_min"], out["eps_max"] = clip_search(model, run, batches, device, autocast)
+        out["intervals"] = {
+            str(bs): list(clip_search(model, run, batches, bs, device, autocast))
+            for bs in tc.block_dist.block_sizes
+        }
     return out
 
 
-def _draft(run: RunConfig) -> int:
-    dist_ = run.train.block_dist
-    return max(zip(dist_.probs, dist_.block_sizes, strict=True))[1]
-
-
 @torch.no_grad()
-def clip_search(model, run: RunConfig, batches, device, autocast) -> tuple[float, float]:
-    """BD3-LM's var_min: the interval whose per-block loss has the least variance, summed over
-    batches, at the draft (most probable) block size."""
-    bs = _draft(run)
+def clip_search(model, run: RunConfig, batches, bs: int, device, autocast) -> tuple[float, float]:
+    """BD3-LM's var_min for block size ``bs``: the interval under which the per-block loss of
+    rows of that size has the least variance, summed over batches."""
     L = run.model.seq_len
     best, best_var = (noise.DEFAULT_EPS_MIN, noise.DEFAULT_EPS_MAX), float("inf")
     for lo, hi in noise.clip_search_grid(
@@ -271,14 +288,14 @@ def train(
 
     torch.manual_seed(tc.seed)
     model = DiT(run.model).to(device)
-    eps = (tc.noise.eps_min, tc.noise.eps_max)
+    intervals = start_intervals(run)
     if source is not None:
         if source.model.config.vocab_size != run.model.vocab_size:
             raise DindError("--init-from checkpoint has a different vocabulary")
         ckpt.load_state_dict_strict(
-            model, ckpt.state_dict_for_save(source.model, *eps), str(source.path)
+            model, ckpt.state_dict_for_save(source.model, 0.0, 0.0), str(source.path)
         )
-        eps = (source.eps_min, source.eps_max)
+        intervals = start_intervals(run, source.intervals)
     opt = torch.optim.AdamW(
         model.parameters(), lr=tc.lr, betas=tc.betas, weight_decay=tc.weight_decay, eps=1e-8
     )
@@ -294,7 +311,10 @@ def train(
         if ema is not None:
             ema.load_state_dict(state["ema"])
         start = int(state["step"])
-        eps = (float(state["eps_min"]), float(state["eps_max"]))
+        if "intervals" in state:
+            intervals = ckpt.intervals_from_json(state["intervals"])
+        else:  # a state saved before intervals were per block size: one pair for all
+            intervals = dict.fromkeys(intervals, (float(state["eps_min"]), float(state["eps_max"])))
         _truncate_metrics(out / METRICS, start)
 
     net = model
@@ -313,16 +333,16 @@ def train(
                 f.write(json.dumps(record) + "\n")
 
     def run_eval(step: int) -> dict[str, Any]:
-        nonlocal eps
+        nonlocal intervals
         if ema is not None:
             ema.swap(model)
         model.eval()
-        metrics = evaluate(model, run, val_rows, device, eps, autocast)
+        metrics = evaluate(model, run, val_rows, device, autocast)
         model.train()
         if ema is not None:
             ema.swap(model)
-        if "eps_min" in metrics:
-            eps = (metrics["eps_min"], metrics["eps_max"])
+        if "intervals" in metrics:
+            intervals = ckpt.intervals_from_json(metrics["intervals"])
         record = {"step": step, **metrics}
         log(record)
         return record
@@ -337,13 +357,13 @@ def train(
             "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
             "ema": ({"num_updates": ema.num_updates, "shadow": [s.clone() for s in ema.shadow]}
                     if ema else {}),
-            "eps_min": eps[0], "eps_max": eps[1],
+            "intervals": ckpt.intervals_to_json(intervals),
         }  # fmt: skip
         if ema is not None:
             ema.swap(model)
         try:
             ckpt.save_checkpoint(
-                out / "checkpoint", model, run, tokenizer, eps[0], eps[1], training_state
+                out / "checkpoint", model, run, tokenizer, intervals, training_state
             )
         finally:
             if ema is not None:
@@ -373,7 +393,7 @@ def train(
             sizes = sample_block_sizes(tc.block_dist, len(x0), device)
             sync = world == 1 or micro == tc.grad_accum - 1
             with nullcontext() if sync else net.no_sync(), autocast:
-                res = compute_loss(net, run, x0, sizes, eps)
+                res = compute_loss(net, run, x0, sizes, intervals)
             (res.loss / tc.grad_accum).backward()
             total += res.loss.item() / tc.grad_accum
             tokens += x0.numel() * world
@@ -407,7 +427,9 @@ def train(
             if rank == 0 and progress:
                 bar.write(
                     f"step {done}: val NELBO {last['val_nelbo']:.4f} (ppl <= {last['val_ppl']:.2f})"
-                )
+                    + (f"; noise intervals {format_intervals(intervals)}"
+                       if tc.objective == "bd3" else "")
+                )  # fmt: skip
             save(done)
             if world > 1:
                 dist.barrier()
