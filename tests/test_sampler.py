@@ -193,6 +193,7 @@ def test_ar_decoding_cache_matches_recompute(tiny_cfg):
         (dict(stages=(4, 32), remask=()), "need 1 remask"),
         (dict(stages=(4,), remask=(0.5,)), "need 0 remask"),
         (dict(stages=(4,), remask_policy="best"), "policy"),
+        (dict(stages=(4,), nucleus="greedy"), "nucleus rule must be one of bd3lm, hf"),
     ],
 )
 def test_bad_sampler_config(kwargs, msg):
@@ -259,6 +260,7 @@ def test_trained_model_samples_end_to_end(trained_run):
         (["--stages", "4,32", "--remask", "0.5,0.5"], "remask ratio"),
         (["--stages", "5"], "do not divide"),
         (["--prompt", "the king " * 40], "does not fit"),
+        (["--nucleus", "topk"], "nucleus rule must be one of"),
     ],
 )
 def test_cli_bad_sampling_input(trained_run, args, msg):

@@ -178,6 +178,7 @@ def test_mix_sweep_end_to_end(trained_run):
         (["gamma", "--length", "64"], "length 64 must be in 1..32"),
         (["policy", "--block-size", "16,32"], "one block size expected, got '16,32'"),
         (["topp", "--top-ps", "0.9,1.5"], "setting 'stage 1, top-p 1.5': top-p must be in (0, 1]"),
+        (["gamma", "--nucleus", "topk"], "setting 'stage 1 (block 4)': nucleus rule must be one"),
     ],
 )  # fmt: skip
 def test_bad_grid_is_reported_before_any_work(trained_run, tmp_path, args, msg, capsys,
@@ -209,7 +210,22 @@ def test_bad_mix_is_reported_before_training(tmp_path, capsys, monkeypatch):
     with pytest.raises(DindError, match="probabilit"):
         sweep.parse_mix("4,L:0.9,0.2", 128)
     assert sweep.parse_mix("pow2", 128).dist.block_sizes == (4, 8, 16, 32, 64, 128)
+    # pow4 is the paper's list {4, 16, 64, ..., 1024}; L is added where it is no power of 4
+    assert sweep.parse_mix("pow4", 1024).dist.block_sizes == (4, 16, 64, 256, 1024)
+    assert sweep.parse_mix("pow4", 128).dist.block_sizes == (4, 16, 64, 128)
+    assert sweep.parse_mix("pow4", 128).dist.probs == (0.25,) * 4
+    assert sweep.parse_mix("pow2", 16, small=16).dist.block_sizes == (16,)
     assert sweep.parse_mix("4,L/2:0.9,0.1", 128).dist.block_sizes == (4, 64)
+
+
+def test_every_setting_takes_the_sweeps_nucleus_rule():
+    opts = SweepOptions(nucleus="hf", top_p=0.8)
+    grids = (sweep.gamma_settings(64, (0.5,), (16, 64), opts)
+             + sweep.nfe_settings(64, (1,), (0.5,), 64, opts)
+             + sweep.topp_settings(64, (0.9, 0.5), 0.5, 64, opts))  # fmt: skip
+    assert {s.sampler.nucleus for s in grids} == {"hf"}
+    assert {s.sampler.top_p for s in grids} == {0.8, 0.9, 0.5}  # topp sets its own masses
+    assert SweepOptions().nucleus == "bd3lm"
 
 
 def test_summary_statistics_by_brute_force():

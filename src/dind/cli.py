@@ -121,6 +121,9 @@ def sample(
     batch_size: Annotated[int, typer.Option(help="Sequences per batch.")] = 4,
     length: Annotated[int | None, typer.Option(help="L (default: the model's).")] = None,
     top_p: Annotated[float, typer.Option(help="Nucleus mass.")] = 0.9,
+    nucleus: Annotated[
+        str, typer.Option(help="bd3lm (BD3-LM's nucleus, the paper's) | hf (one token more).")
+    ] = "bd3lm",
     seed: Annotated[int, typer.Option()] = 0,
     sampler: Annotated[str, typer.Option(help="first_hitting | ancestral")] = "first_hitting",
     steps: Annotated[int | None, typer.Option(help="T per block (ancestral).")] = None,
@@ -139,7 +142,7 @@ def sample(
     ratios = _parse_list(remask, float, "--remask") if remask else ()
     ck = load_checkpoint(checkpoint, "cuda" if _cuda() else "cpu")
     cfg = SamplerConfig(stages=block_sizes, remask=ratios, remask_policy=remask_policy,
-                        length=length or ck.run_config.model.seq_len, top_p=top_p,
+                        length=length or ck.run_config.model.seq_len, top_p=top_p, nucleus=nucleus,
                         sampler=sampler, steps=steps, kv_cache=kv_cache,
                         confidence=confidence, seed=seed)  # fmt: skip
     tok = ck.tokenizer
@@ -336,18 +339,19 @@ OutOpt = Annotated[Path, typer.Option(help="Folder for the CSVs, PNG, JSON and s
 Stage1Opt = Annotated[int, typer.Option(help="Stage-1 (draft) block size.")]
 BatchOpt = Annotated[int, typer.Option(help="Sequences per batch.")]
 TopPOpt = Annotated[float, typer.Option(help="Nucleus mass.")]
+NucleusOpt = Annotated[str, typer.Option(help="Nucleus rule: bd3lm (BD3-LM's) | hf.")]
 LengthOpt = Annotated[int | None, typer.Option(help="L (default: the model's).")]
 ProgressOpt = Annotated[bool, typer.Option(help="Show progress bars.")]
 BlockOpt = Annotated[str, typer.Option(help="Stage-2 block size (L allowed).")]
 GammaOpt = Annotated[float, typer.Option(help="Remask ratio.")]
 
 
-def _sweep_options(seeds, num_samples, batch_size, judge, top_p, stage1, progress):
+def _sweep_options(seeds, num_samples, batch_size, judge, top_p, nucleus, stage1, progress):
     from dind.sweep import SweepOptions
 
     return SweepOptions(seeds=_parse_list(seeds, int, "--seeds"), num_samples=num_samples,
-                        batch_size=batch_size, judge=judge, top_p=top_p, stage1=stage1,
-                        progress=progress)  # fmt: skip
+                        batch_size=batch_size, judge=judge, top_p=top_p, nucleus=nucleus,
+                        stage1=stage1, progress=progress)  # fmt: skip
 
 
 def _report_sweep(result) -> None:
@@ -371,6 +375,7 @@ def sweep_gamma(
     batch_size: BatchOpt = 8,
     judge: JudgeOpt = "smollm2",
     top_p: TopPOpt = 0.9,
+    nucleus: NucleusOpt = "bd3lm",
     stage1: Stage1Opt = 4,
     length: LengthOpt = None,
     progress: ProgressOpt = True,
@@ -378,7 +383,7 @@ def sweep_gamma(
     """Figure 2: Gen PPL against gamma for several stage-2 block sizes, stage 1 as reference."""
     from dind import sweep
 
-    opts = _sweep_options(seeds, num_samples, batch_size, judge, top_p, stage1, progress)
+    opts = _sweep_options(seeds, num_samples, batch_size, judge, top_p, nucleus, stage1, progress)
     ratios = _parse_list(gammas, float, "--gammas")
 
     def build(L):
@@ -399,6 +404,7 @@ def sweep_policy(
     batch_size: BatchOpt = 8,
     judge: JudgeOpt = "smollm2",
     top_p: TopPOpt = 0.9,
+    nucleus: NucleusOpt = "bd3lm",
     stage1: Stage1Opt = 4,
     length: LengthOpt = None,
     progress: ProgressOpt = True,
@@ -406,7 +412,7 @@ def sweep_policy(
     """Table 2: snapshot, post-hoc and random remasking at one (block size, gamma)."""
     from dind import sweep
 
-    opts = _sweep_options(seeds, num_samples, batch_size, judge, top_p, stage1, progress)
+    opts = _sweep_options(seeds, num_samples, batch_size, judge, top_p, nucleus, stage1, progress)
     names = _parse_list(policies, str, "--policies")
 
     def build(L):
@@ -429,6 +435,7 @@ def sweep_nfe(
     batch_size: BatchOpt = 8,
     judge: JudgeOpt = "smollm2",
     top_p: TopPOpt = 0.9,
+    nucleus: NucleusOpt = "bd3lm",
     stage1: Stage1Opt = 4,
     length: LengthOpt = None,
     progress: ProgressOpt = True,
@@ -436,7 +443,7 @@ def sweep_nfe(
     """The quality-against-NFE frontier: one stage against two stages."""
     from dind import sweep
 
-    opts = _sweep_options(seeds, num_samples, batch_size, judge, top_p, stage1, progress)
+    opts = _sweep_options(seeds, num_samples, batch_size, judge, top_p, nucleus, stage1, progress)
     ts = _parse_list(steps, int, "--steps")
     ratios = _parse_list(gammas, float, "--gammas")
 
@@ -457,6 +464,7 @@ def sweep_topp(
     num_samples: SamplesOpt = 8,
     batch_size: BatchOpt = 8,
     judge: JudgeOpt = "smollm2",
+    nucleus: NucleusOpt = "bd3lm",
     stage1: Stage1Opt = 4,
     length: LengthOpt = None,
     progress: ProgressOpt = True,
@@ -464,7 +472,7 @@ def sweep_topp(
     """The diversity control: stage 1 and two stages at each top-p, Gen PPL against entropy."""
     from dind import sweep
 
-    opts = _sweep_options(seeds, num_samples, batch_size, judge, 0.9, stage1, progress)
+    opts = _sweep_options(seeds, num_samples, batch_size, judge, 0.9, nucleus, stage1, progress)
     ps = _parse_list(top_ps, float, "--top-ps")
 
     def build(L):
@@ -478,7 +486,9 @@ def sweep_mix(
     out: OutOpt,
     mix: Annotated[
         list[str] | None,
-        typer.Option(help="A training mix, repeatable: 4 | 4,L:0.9,0.1 | 4,L/2:0.9,0.1 | pow2."),
+        typer.Option(
+            help="A training mix, repeatable: 4 | 4,L:0.9,0.1 | 4,L/2:0.9,0.1 | pow2 | pow4."
+        ),
     ] = None,
     steps: Annotated[int, typer.Option(help="Training steps per mix.")] = 300,
     init_from: Annotated[
@@ -496,13 +506,14 @@ def sweep_mix(
     batch_size: BatchOpt = 8,
     judge: JudgeOpt = "smollm2",
     top_p: TopPOpt = 0.9,
+    nucleus: NucleusOpt = "bd3lm",
     stage1: Stage1Opt = 4,
     progress: ProgressOpt = True,
 ) -> None:
     """Table 3: train each block-size mix briefly from one start, judge stage 1 and two stages."""
     from dind import sweep
 
-    opts = _sweep_options(seeds, num_samples, batch_size, judge, top_p, stage1, progress)
+    opts = _sweep_options(seeds, num_samples, batch_size, judge, top_p, nucleus, stage1, progress)
     base = _build_run(preset, dict(corpus=corpus, tokenizer=tokenizer), {}, None, None)
     result = sweep.run_mix_sweep(out, base, list(mix or sweep.DEFAULT_MIXES), steps, opts,
                                  gamma, init_from, pretrain_steps)  # fmt: skip

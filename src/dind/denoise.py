@@ -8,7 +8,12 @@ Design choices:
 - Randomness is per sample: row r draws its positions and its Gumbel noise from its own
   ``torch.Generator``, so sample i is the same whatever the batch it is drawn in.
 - Nucleus (top-p) sampling draws with the exponential/Gumbel trick in float64 (BD3-LM found
-  fp32 sampling shifts generative perplexity).
+  fp32 sampling shifts generative perplexity). Two rules for the nucleus (``NUCLEUS_RULES``):
+  ``bd3lm`` (the default, BD3-LM's ``_nucleus_sample``, which the paper's numbers come from)
+  keeps the tokens whose cumulative mass, their own included, is at most p, plus the top
+  token; ``hf`` (Hugging Face's) also keeps the token whose mass crosses p. For [0.85, 0.10,
+  ...] at p = 0.9, bd3lm is greedy and hf samples from two tokens. Ties in probability are
+  ordered by token id (a stable sort), so the nucleus is deterministic.
 - Snapshot confidence (eq. 5) is the probability the denoiser gave the committed token at the
   moment it was committed: by default the model's own (untruncated) probability; with
   ``confidence="nucleus"`` the top-p-renormalized one.
@@ -70,13 +75,30 @@ def token_probs(logits: Tensor, mask_id: int) -> Tensor:
     return logits.softmax(-1)
 
 
-def nucleus_sample(probs: Tensor, top_p: float, generator: torch.Generator) -> tuple[int, float]:
+NUCLEUS_RULES = ("bd3lm", "hf")
+
+
+def nucleus_keep(sorted_p: Tensor, top_p: float, rule: str = "bd3lm") -> Tensor:
+    """Which of the descending-sorted probabilities ``sorted_p`` (V,) the nucleus keeps."""
+    cum = sorted_p.cumsum(0)
+    if rule == "bd3lm":  # mass up to and including the token within p, and the top token
+        keep = cum <= top_p
+        keep[0] = True
+        return keep
+    if rule == "hf":  # the smallest prefix whose mass reaches p
+        return (cum - sorted_p) < top_p
+    raise ValueError(f"unknown nucleus rule {rule!r}")
+
+
+def nucleus_sample(
+    probs: Tensor, top_p: float, generator: torch.Generator, rule: str = "bd3lm"
+) -> tuple[int, float]:
     """Draw a token from the top-p nucleus of ``probs`` (V,) float64 with the exponential trick;
     returns the token and its nucleus-renormalized probability."""
     p = probs
     if top_p < 1.0:
-        sorted_p, order = probs.sort(descending=True)
-        keep = (sorted_p.cumsum(0) - sorted_p) < top_p  # smallest prefix reaching top_p
+        sorted_p, order = probs.sort(descending=True, stable=True)
+        keep = nucleus_keep(sorted_p, top_p, rule)
         p = torch.zeros_like(probs)
         p[order[keep]] = sorted_p[keep]
         p = p / p.sum()
@@ -89,13 +111,14 @@ def nucleus_sample(probs: Tensor, top_p: float, generator: torch.Generator) -> t
 class DenoiseSettings:
     mask_id: int
     top_p: float = 0.9
+    nucleus: str = "bd3lm"  # | "hf": which tokens the top-p nucleus keeps
     confidence: str = "model"  # "model" (untruncated) | "nucleus"
     sampler: str = "first_hitting"  # | "ancestral"
     steps: int | None = None  # T for the ancestral sampler (default: the block size)
 
 
 def _commit(x, conf, r, i, probs_i, s: DenoiseSettings, gen) -> None:
-    token, p_nucleus = nucleus_sample(probs_i, s.top_p, gen)
+    token, p_nucleus = nucleus_sample(probs_i, s.top_p, gen, s.nucleus)
     x[r, i] = token
     conf[r, i] = p_nucleus if s.confidence == "nucleus" else float(probs_i[token])
 

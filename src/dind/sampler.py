@@ -21,7 +21,14 @@ from torch import Tensor
 from tqdm import tqdm
 
 from dind import remask
-from dind.denoise import BlockView, DenoiseSettings, denoise_block, nucleus_sample, token_probs
+from dind.denoise import (
+    NUCLEUS_RULES,
+    BlockView,
+    DenoiseSettings,
+    denoise_block,
+    nucleus_sample,
+    token_probs,
+)
 from dind.errors import DindError
 
 
@@ -41,6 +48,9 @@ class SamplerConfig:
     """Sequence length L, BOS included."""
     top_p: float = 0.9
     """Nucleus mass; 1.0 samples from the full distribution."""
+    nucleus: str = "bd3lm"
+    """Which tokens the nucleus keeps: "bd3lm" (BD3-LM's rule, the paper's protocol) or "hf"
+    (Hugging Face's, one token more: the one whose mass crosses top_p)."""
     sampler: str = "first_hitting"
     """first_hitting (one token per call, BD3-LM's protocol) | ancestral (T steps per block)."""
     steps: int | None = None
@@ -75,6 +85,8 @@ class SamplerConfig:
             raise DindError(f"remask policy must be one of {', '.join(remask.POLICIES)}")
         if not 0.0 < self.top_p <= 1.0:
             raise DindError(f"top-p must be in (0, 1], got {self.top_p}")
+        if self.nucleus not in NUCLEUS_RULES:
+            raise DindError(f"nucleus rule must be one of {', '.join(NUCLEUS_RULES)}")
         if self.sampler not in ("first_hitting", "ancestral"):
             raise DindError("sampler must be 'first_hitting' or 'ancestral'")
         if self.steps is not None and self.steps <= 0:
@@ -163,7 +175,8 @@ def sample_batch(
     prefix = _prefix(L, bos_id, prompt)
     seeds = [sample_seed(cfg.seed, i) for i in indices]
     generators = [torch.Generator(device=device).manual_seed(s) for s in seeds]
-    settings = DenoiseSettings(mask_id, cfg.top_p, cfg.confidence, cfg.sampler, cfg.steps)
+    settings = DenoiseSettings(mask_id, cfg.top_p, cfg.nucleus, cfg.confidence, cfg.sampler,
+                               cfg.steps)  # fmt: skip
     eligible = torch.ones(L, dtype=torch.bool)
     eligible[: len(prefix)] = False
     if drafts is None:
@@ -267,6 +280,7 @@ def ar_generate(
     top_p: float = 0.9,
     seed: int = 0,
     use_cache: bool = True,
+    nucleus: str = "bd3lm",
 ) -> tuple[Tensor, int]:
     """Left-to-right decoding of a causal model with a KV cache; returns tokens and NFEs."""
     device = next(model.parameters()).device
@@ -284,7 +298,7 @@ def ar_generate(
             logits = model(x[:, : i + 1], mask=causal)[:, -1]
         probs = token_probs(logits, mask_id)
         for r in range(batch_size):
-            x[r, i + 1] = nucleus_sample(probs[r], top_p, generators[r])[0]
+            x[r, i + 1] = nucleus_sample(probs[r], top_p, generators[r], nucleus)[0]
     return x, length - 1
 
 
@@ -297,6 +311,8 @@ def sample_record(s: Sample, tokenizer, cfg: SamplerConfig) -> dict:
         "stages": list(cfg.stages),
         "remask_ratios": list(cfg.remask),
         "remask_policy": cfg.remask_policy,
+        "top_p": cfg.top_p,
+        "nucleus": cfg.nucleus,
         "stage_tokens": s.stage_tokens,
         "snapshot_confidence": s.snapshot_confidence,
         "remasked": s.remasked,

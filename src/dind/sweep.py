@@ -67,6 +67,8 @@ class SweepOptions:
     batch_size: int = 8
     judge: str = "smollm2"
     top_p: float = 0.9
+    nucleus: str = "bd3lm"
+    """Nucleus rule of every setting (``dind.denoise.NUCLEUS_RULES``)."""
     stage1: int = 4
     """Stage-1 block size (the draft)."""
     save_samples: bool = True
@@ -108,16 +110,18 @@ def parse_size(text: str, L: int) -> int:
     return sizes[0]
 
 
-def _setting(name: str, series: str, x: float | None, **kwargs) -> Setting:
+def _setting(name: str, series: str, x: float | None, opts: SweepOptions, **kwargs) -> Setting:
+    """A setting whose sampler takes the sweep's top-p and nucleus rule unless it sets them."""
     try:
-        return Setting(name, series, x, SamplerConfig(**kwargs))
+        sampler = SamplerConfig(**{"top_p": opts.top_p, "nucleus": opts.nucleus, **kwargs})
     except DindError as e:
         raise DindError(f"setting '{name}': {e}") from None
+    return Setting(name, series, x, sampler)
 
 
 def stage1_setting(L: int, opts: SweepOptions) -> Setting:
-    return _setting(f"stage 1 (block {opts.stage1})", STAGE1, None, stages=(opts.stage1,),
-                    length=L, top_p=opts.top_p)  # fmt: skip
+    return _setting(f"stage 1 (block {opts.stage1})", STAGE1, None, opts,
+                    stages=(opts.stage1,), length=L)  # fmt: skip
 
 
 def gamma_settings(
@@ -128,9 +132,9 @@ def gamma_settings(
     out = [stage1_setting(L, opts)]
     for b in block_sizes:
         for g in gammas:
-            out.append(_setting(f"block {b}, gamma {g:g}", f"stage-2 block {b}", g,
+            out.append(_setting(f"block {b}, gamma {g:g}", f"stage-2 block {b}", g, opts,
                                 stages=(opts.stage1, b), remask=(g,), remask_policy=policy,
-                                length=L, top_p=opts.top_p))  # fmt: skip
+                                length=L))  # fmt: skip
     return out
 
 
@@ -140,9 +144,9 @@ def policy_settings(
     """Table 2: each remasking policy at (block_size, gamma), plus stage 1 alone."""
     out = [stage1_setting(L, opts)]
     for p in policies:
-        out.append(_setting(f"{p} (block {block_size}, gamma {gamma:g})", p, None,
+        out.append(_setting(f"{p} (block {block_size}, gamma {gamma:g})", p, None, opts,
                             stages=(opts.stage1, block_size), remask=(gamma,),
-                            remask_policy=p, length=L, top_p=opts.top_p))  # fmt: skip
+                            remask_policy=p, length=L))  # fmt: skip
     return out
 
 
@@ -153,16 +157,16 @@ def nfe_settings(
     """The NFE frontier: one stage (first-hitting, and ancestral with T steps per block) and
     two stages (first-hitting, stage 2 over the ``gamma`` least confident tokens)."""
     single = "one stage"
-    out = [_setting(f"stage 1, first-hitting (block {opts.stage1})", single, None,
-                    stages=(opts.stage1,), length=L, top_p=opts.top_p)]  # fmt: skip
+    out = [_setting(f"stage 1, first-hitting (block {opts.stage1})", single, None, opts,
+                    stages=(opts.stage1,), length=L)]  # fmt: skip
     for t in steps:
-        out.append(_setting(f"stage 1, ancestral T={t} (block {opts.stage1})", single, None,
-                            stages=(opts.stage1,), length=L, top_p=opts.top_p,
+        out.append(_setting(f"stage 1, ancestral T={t} (block {opts.stage1})", single, None, opts,
+                            stages=(opts.stage1,), length=L,
                             sampler="ancestral", steps=t))  # fmt: skip
     for g in gammas:
-        out.append(_setting(f"two stages, block {block_size}, gamma {g:g}", "two stages", None,
-                            stages=(opts.stage1, block_size), remask=(g,), length=L,
-                            top_p=opts.top_p))  # fmt: skip
+        name = f"two stages, block {block_size}, gamma {g:g}"
+        out.append(_setting(name, "two stages", None, opts, stages=(opts.stage1, block_size),
+                            remask=(g,), length=L))  # fmt: skip
     return out
 
 
@@ -174,11 +178,11 @@ def topp_settings(
     whether the second stage buys more than that."""
     out = []
     for p in top_ps:
-        out.append(_setting(f"stage 1, top-p {p:g}", STAGE1, p, stages=(opts.stage1,),
+        out.append(_setting(f"stage 1, top-p {p:g}", STAGE1, p, opts, stages=(opts.stage1,),
                             length=L, top_p=p))  # fmt: skip
         out.append(_setting(f"two stages (block {block_size}, gamma {gamma:g}), top-p {p:g}",
-                            "two stages", p, stages=(opts.stage1, block_size), remask=(gamma,),
-                            length=L, top_p=p))  # fmt: skip
+                            "two stages", p, opts, stages=(opts.stage1, block_size),
+                            remask=(gamma,), length=L, top_p=p))  # fmt: skip
     return out
 
 
@@ -194,8 +198,8 @@ def check_unique(settings: list[Setting]) -> None:
 
 
 def _stage1_key(cfg: SamplerConfig) -> tuple:
-    return (cfg.stages[0], cfg.length, cfg.top_p, cfg.sampler, cfg.steps, cfg.confidence,
-            cfg.kv_cache, cfg.seed)  # fmt: skip
+    return (cfg.stages[0], cfg.length, cfg.top_p, cfg.nucleus, cfg.sampler, cfg.steps,
+            cfg.confidence, cfg.kv_cache, cfg.seed)  # fmt: skip
 
 
 def slug(text: str) -> str:
@@ -494,21 +498,32 @@ class Mix:
     dist: BlockSizeDistribution
 
 
-DEFAULT_MIXES = ("4", "4,L:0.9,0.1", "4,L/2:0.9,0.1", "pow2")
+DEFAULT_MIXES = ("4", "4,L:0.9,0.1", "4,L/2:0.9,0.1", "pow4")
+POWER_MIXES = {"pow2": 2, "pow4": 4}
+"""Table 3's uniform mixture. The paper's text says "all power-of-two scales" but its list,
+{4, 16, 64, ..., 1024}, is the powers of 4, which ``pow4`` follows (the default)."""
+
+
+def power_sizes(base: int, small: int, L: int) -> tuple[int, ...]:
+    """``small``, ``small * base``, ... up to L, with L itself added when it is not one of them
+    (the mixture always reaches the whole sequence; at L = 1024, pow4 is the paper's list)."""
+    sizes, b = [], small
+    while b <= L:
+        sizes.append(b)
+        b *= base
+    if sizes[-1:] != [L]:
+        sizes.append(L)
+    return tuple(sizes)
 
 
 def parse_mix(spec: str, L: int, small: int = 4) -> Mix:
-    """A mix from "4" (fixed), "4,L:0.9,0.1" (sizes:probabilities, uniform without them) or
-    "pow2" (uniform over the powers of two from ``small`` to L)."""
+    """A mix from "4" (fixed), "4,L:0.9,0.1" (sizes:probabilities, uniform without them),
+    "pow2" or "pow4" (uniform over ``small`` times the powers of 2 or 4, up to L)."""
     spec = spec.strip()
     try:
-        if spec == "pow2":
-            sizes = []
-            b = small
-            while b <= L:
-                sizes.append(b)
-                b *= 2
-            dist = BlockSizeDistribution(tuple(sizes), tuple(1 / len(sizes) for _ in sizes))
+        if spec in POWER_MIXES:
+            sizes = power_sizes(POWER_MIXES[spec], small, L)
+            dist = BlockSizeDistribution(sizes, tuple(1 / len(sizes) for _ in sizes))
             name = "uniform {" + ",".join(map(str, sizes)) + "}"
         else:
             size_text, _, prob_text = spec.partition(":")
@@ -552,9 +567,8 @@ def run_mix_sweep(
     if not parsed:
         raise DindError("no training mixes given")
     settings = [stage1_setting(L, opts),
-                _setting(f"two stages (block {L}, gamma {gamma:g})", "two stages", None,
-                         stages=(opts.stage1, L), remask=(gamma,), length=L,
-                         top_p=opts.top_p)]  # fmt: skip
+                _setting(f"two stages (block {L}, gamma {gamma:g})", "two stages", None, opts,
+                         stages=(opts.stage1, L), remask=(gamma,), length=L)]  # fmt: skip
     judge = load_judge(opts.judge, _device())
 
     def run_for(dist: BlockSizeDistribution, n: int) -> RunConfig:

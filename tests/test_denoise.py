@@ -1,0 +1,56 @@
+"""The nucleus rules on hand-made distributions: BD3-LM's and Hugging Face's."""
+
+import pytest
+import torch
+
+from dind.denoise import nucleus_keep, nucleus_sample
+
+
+def _support(probs: list[float], top_p: float, rule: str, draws: int = 400) -> set[int]:
+    """The tokens ``nucleus_sample`` draws, and a check of the probability it reports."""
+    p = torch.tensor(probs, dtype=torch.float64)
+    gen = torch.Generator().manual_seed(0)
+    seen, reported = set(), {}
+    for _ in range(draws):
+        token, q = nucleus_sample(p, top_p, gen, rule)
+        seen.add(token)
+        reported[token] = q
+    kept = sorted(seen)
+    mass = float(p[kept].sum())
+    for token in kept:  # the nucleus-renormalized probability of the drawn token
+        assert reported[token] == pytest.approx(probs[token] / mass)
+    return seen
+
+
+@pytest.mark.parametrize(
+    ("probs", "top_p", "bd3lm", "hf"),
+    [
+        ([0.85, 0.10, 0.05], 0.9, {0}, {0, 1}),  # the issue's example: greedy against two
+        ([0.5, 0.25, 0.125, 0.125], 0.75, {0, 1}, {0, 1}),  # mass exactly p: both stop there
+        ([0.5, 0.25, 0.125, 0.125], 0.7, {0}, {0, 1}),
+        ([0.95, 0.05], 0.5, {0}, {0}),  # the top token alone exceeds p: kept by both
+        ([0.125, 0.5, 0.125, 0.25], 0.75, {1, 3}, {1, 3}),  # order of ids does not matter
+    ],
+)
+def test_nucleus_rules_on_hand_made_distributions(probs, top_p, bd3lm, hf):
+    assert _support(probs, top_p, "bd3lm") == bd3lm
+    assert _support(probs, top_p, "hf") == hf
+
+
+def test_nucleus_ties_go_to_the_lower_token_id():
+    """Equal probabilities are ordered by id (a stable sort): the nucleus is deterministic."""
+    probs = [0.25, 0.25, 0.25, 0.25]
+    assert _support(probs, 0.5, "bd3lm") == {0, 1}
+    assert _support(probs, 0.5, "hf") == {0, 1}
+    assert _support(probs, 0.6, "bd3lm") == {0, 1}  # a third would bring 0.75 > 0.6
+    assert _support(probs, 0.6, "hf") == {0, 1, 2}  # hf keeps the one that crosses p
+    sorted_p = torch.tensor([0.4, 0.3, 0.3], dtype=torch.float64)
+    assert nucleus_keep(sorted_p, 0.7, "bd3lm").tolist() == [True, True, False]
+
+
+def test_top_p_one_samples_the_full_distribution():
+    probs = [0.7, 0.2, 0.06, 0.04]
+    for rule in ("bd3lm", "hf"):
+        assert _support(probs, 1.0, rule, draws=2000) == {0, 1, 2, 3}
+    with pytest.raises(ValueError, match="unknown nucleus rule"):
+        nucleus_keep(torch.tensor([1.0], dtype=torch.float64), 0.5, "topk")
