@@ -123,17 +123,29 @@ def test_topp_control_sweep(trained_run):
     opts = SweepOptions(seeds=(0,), num_samples=2, batch_size=2, progress=False)
 
     def build(L):
-        return sweep.topp_settings(L, (0.9, 0.5), 0.5, L, opts)
+        return sweep.topp_settings(L, (0.9, 0.5), (0.5,), L, opts)
 
     out = trained_run / "topp"
     res = sweep.run_sampling_sweep("topp", str(trained_run / "run"), out, opts, build)
     assert [(s["series"], s["x"]) for s in res.summary] == [
         ("stage 1", 0.9),
-        ("two stages", 0.9),
+        ("two stages, gamma 0.5", 0.9),
         ("stage 1", 0.5),
-        ("two stages", 0.5),
+        ("two stages, gamma 0.5", 0.5),
     ]
     assert all("delta_vs_stage1" not in s for s in res.summary)  # no single reference here
+    # the two-stage rows carry their gap to stage 1's curve at equal entropy, recomputed here
+    curve = sorted((r["entropy"], math.log(r["gen_ppl"])) for r in res.rows
+                   if r["series"] == "stage 1")  # fmt: skip
+    for s in res.summary[1::2]:
+        (e0, y0), (e1, y1) = curve
+        e = s["entropy_mean"]  # one seed: the summary is that seed's row
+        expected = math.log(s["gen_ppl_mean"]) - (y0 + (y1 - y0) * (e - e0) / (e1 - e0))
+        if e0 <= e <= e1:
+            assert s["matched_gap_log_mean"] == pytest.approx(expected)
+            assert s["matched_gap_seeds"] == "1/1"
+        else:
+            assert s["matched_gap_log_mean"] is None and s["matched_gap_seeds"] == "0/1"
     folder = out / "samples" / "topp"
     for p in ("0_9", "0_5"):  # each two-stage row refines the drafts of its own top-p
         drafts = _jsonl(folder / f"stage_1_top_p_{p}_seed0.jsonl")
@@ -222,10 +234,34 @@ def test_every_setting_takes_the_sweeps_nucleus_rule():
     opts = SweepOptions(nucleus="hf", top_p=0.8)
     grids = (sweep.gamma_settings(64, (0.5,), (16, 64), opts)
              + sweep.nfe_settings(64, (1,), (0.5,), 64, opts)
-             + sweep.topp_settings(64, (0.9, 0.5), 0.5, 64, opts))  # fmt: skip
+             + sweep.topp_settings(64, (0.9, 0.5), (0.5,), 64, opts))  # fmt: skip
     assert {s.sampler.nucleus for s in grids} == {"hf"}
     assert {s.sampler.top_p for s in grids} == {0.8, 0.9, 0.5}  # topp sets its own masses
     assert SweepOptions().nucleus == "bd3lm"
+
+
+def test_matched_entropy_gap_interpolates_each_seeds_stage1_curve():
+    def row(setting, series, seed, ppl, entropy):
+        return {"setting": setting, "series": series, "x": None, "seed": seed, "gen_ppl": ppl,
+                "entropy": entropy, "nfe": 1, "seconds": 0.1}  # fmt: skip
+
+    rows = [row("s1 p=0.9", "stage 1", 0, 100.0, 4.0), row("s1 p=0.5", "stage 1", 0, 10.0, 3.0),
+            row("s1 p=0.9", "stage 1", 1, 200.0, 4.2), row("s1 p=0.5", "stage 1", 1, 20.0, 3.2),
+            row("two", "two stages", 0, 20.0, 3.5), row("two", "two stages", 1, 50.0, 3.7),
+            row("far", "two stages", 0, 5.0, 2.0), row("far", "two stages", 1, 100.0, 4.2),
+            ]  # fmt: skip
+    gaps = sweep.matched_entropy_gaps(rows)
+    # seed 0: the curve at entropy 3.5 is exp(midway between log 10 and log 100) = 31.6
+    assert gaps["two"][0] == pytest.approx(math.log(20.0) - math.log(math.sqrt(1000.0)))
+    assert gaps["two"][1] == pytest.approx(math.log(50.0) - math.log(math.sqrt(4000.0)))
+    assert gaps["far"] == [None, pytest.approx(math.log(100.0) - math.log(200.0))]
+    summary = sweep.summarize(rows)
+    sweep.add_matched_gaps(summary, rows)
+    two = next(s for s in summary if s["setting"] == "two")
+    assert two["matched_gap_log_mean"] == pytest.approx(statistics.fmean(gaps["two"]))
+    assert two["matched_gap_seeds"] == "2/2"
+    assert next(s for s in summary if s["setting"] == "far")["matched_gap_seeds"] == "1/2"
+    assert sweep.curve_at([(1.0, 2.0)], 1.5) is None and sweep.curve_at([], 1.0) is None
 
 
 def test_summary_statistics_by_brute_force():

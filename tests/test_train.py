@@ -314,3 +314,15 @@ def test_start_intervals_given_source_and_defaults(tmp_path):
         4: (0.5, 1.0), 8: (0.1, 0.6), 32: (1e-3, 1.0)}  # fmt: skip
     with pytest.raises(DindError, match="beta <= omega"):
         NoiseConfig(intervals={4: (0.9, 0.1)})
+
+
+def test_cli_noise_intervals_are_given_per_block_size():
+    from dind import cli
+
+    given = cli._parse_intervals(["4:0.5,1.0", "128:0.001,1"])
+    run = cli._build_run("tiny", {}, {}, None, None, {"intervals": given, "clip_search": False})
+    assert run.train.noise.intervals == {4: (0.5, 1.0), 128: (0.001, 1.0)}
+    assert run.train.noise.clip_search is False
+    assert run.train.noise.clip_search_widths == (0.5, 0.7, 0.9)  # the preset's, kept
+    with pytest.raises(DindError, match="SIZE:BETA,OMEGA"):
+        cli._parse_intervals(["4:0.5"])

@@ -34,12 +34,16 @@ def _build_run(
     model_updates: dict,
     block_sizes: str | None,
     block_probs: str | None,
+    noise_updates: dict | None = None,
 ):
     """The preset, with the options the user gave (None means keep the preset's value)."""
     from dind.config import BlockSizeDistribution, preset
 
     run = preset(preset_name)
     updates = {k: v for k, v in train_updates.items() if v is not None}
+    noise = {k: v for k, v in (noise_updates or {}).items() if v is not None}
+    if noise:
+        updates["noise"] = dataclasses.replace(run.train.noise, **noise)
     if block_sizes is not None or block_probs is not None:
         sizes = block_sizes or ",".join(map(str, run.train.block_dist.block_sizes))
         updates["block_dist"] = BlockSizeDistribution.parse(sizes, block_probs)
@@ -75,6 +79,16 @@ def train(
     eval_every: Annotated[int | None, typer.Option(help="Validate/save interval.")] = None,
     seed: Annotated[int | None, typer.Option()] = None,
     attn_backend: Annotated[str | None, typer.Option(help="sdpa | flex (CUDA)")] = None,
+    noise_interval: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="A block size's clipped noise interval, repeatable: 4:0.5,1.0. "
+            "Without --no-clip-search the search replaces it at each validation."
+        ),
+    ] = None,
+    clip_search: Annotated[
+        bool | None, typer.Option(help="Search each block size's interval at validation.")
+    ] = None,
     compile: Annotated[bool, typer.Option("--compile", help="torch.compile the model.")] = False,
     resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --out.")] = False,
     init_from: Annotated[
@@ -86,6 +100,8 @@ def train(
     """Train a block diffusion model (mixed-scale) or the AR baseline."""
     from dind.train import train as run_train
 
+    noise_updates = {"intervals": _parse_intervals(noise_interval) if noise_interval else None,
+                     "clip_search": clip_search}  # fmt: skip
     run = _build_run(
         preset,
         dict(max_steps=max_steps, objective=objective, corpus=corpus, tokenizer=tokenizer,
@@ -94,9 +110,23 @@ def train(
         dict(seq_len=seq_len, attn_backend=attn_backend),
         block_sizes,
         block_probs,
+        noise_updates,
     )  # fmt: skip
     last = run_train(run, out, resume=resume, init_from=init_from, progress=progress)
     typer.echo(json.dumps(last))
+
+
+def _parse_intervals(specs: list[str]) -> dict[int, tuple[float, float]]:
+    """``["4:0.5,1.0", "128:0.001,1"]`` -> {4: (0.5, 1.0), 128: (0.001, 1.0)}."""
+    out = {}
+    for spec in specs:
+        size, _, bounds = spec.partition(":")
+        try:
+            lo, hi = (float(v) for v in bounds.split(","))
+            out[int(size)] = (lo, hi)
+        except ValueError:
+            raise DindError(f"--noise-interval must read SIZE:BETA,OMEGA, got {spec!r}") from None
+    return out
 
 
 def _parse_list(text: str, kind, flag: str) -> tuple:
@@ -458,7 +488,9 @@ def sweep_topp(
     checkpoint: CheckpointOpt,
     out: OutOpt,
     top_ps: Annotated[str, typer.Option(help="Nucleus masses.")] = "0.9,0.8,0.7,0.5",
-    gamma: GammaOpt = 0.5,
+    gammas: Annotated[
+        str, typer.Option(help="Two-stage remask ratios, a series each.")
+    ] = "0.25,0.5",
     block_size: BlockOpt = "L",
     seeds: SeedsOpt = "0,1,2",
     num_samples: SamplesOpt = 8,
@@ -469,14 +501,16 @@ def sweep_topp(
     length: LengthOpt = None,
     progress: ProgressOpt = True,
 ) -> None:
-    """The diversity control: stage 1 and two stages at each top-p, Gen PPL against entropy."""
+    """The diversity control: stage 1 and two stages at each top-p, Gen PPL against entropy, and
+    the gap to stage 1's curve at equal entropy."""
     from dind import sweep
 
     opts = _sweep_options(seeds, num_samples, batch_size, judge, 0.9, nucleus, stage1, progress)
     ps = _parse_list(top_ps, float, "--top-ps")
+    ratios = _parse_list(gammas, float, "--gammas")
 
     def build(L):
-        return sweep.topp_settings(L, ps, gamma, sweep.parse_size(block_size, L), opts)
+        return sweep.topp_settings(L, ps, ratios, sweep.parse_size(block_size, L), opts)
 
     _report_sweep(sweep.run_sampling_sweep("topp", checkpoint, out, opts, build, length))
 

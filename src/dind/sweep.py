@@ -29,6 +29,7 @@ import csv
 import dataclasses
 import io
 import json
+import math
 import os
 import re
 import statistics
@@ -171,19 +172,25 @@ def nfe_settings(
 
 
 def topp_settings(
-    L: int, top_ps: tuple[float, ...], gamma: float, block_size: int, opts: SweepOptions
-) -> list[Setting]:
-    """The diversity control: stage 1 and two stages at each nucleus mass. A lower top-p also
-    lowers Gen PPL by making text less diverse; comparing the two curves at equal entropy says
-    whether the second stage buys more than that."""
+    L: int, top_ps: tuple[float, ...], gammas: tuple[float, ...], block_size: int,
+    opts: SweepOptions,
+) -> list[Setting]:  # fmt: skip
+    """The diversity control: stage 1 and two stages (one series per gamma) at each nucleus
+    mass. A lower top-p also lowers Gen PPL by making text less diverse; comparing the curves
+    at equal entropy (``matched_entropy_gaps``) says whether the second stage buys more."""
     out = []
     for p in top_ps:
         out.append(_setting(f"stage 1, top-p {p:g}", STAGE1, p, opts, stages=(opts.stage1,),
                             length=L, top_p=p))  # fmt: skip
-        out.append(_setting(f"two stages (block {block_size}, gamma {gamma:g}), top-p {p:g}",
-                            "two stages", p, opts, stages=(opts.stage1, block_size),
-                            remask=(gamma,), length=L, top_p=p))  # fmt: skip
+        for g in gammas:
+            out.append(_setting(f"two stages (block {block_size}, gamma {g:g}), top-p {p:g}",
+                                topp_series(g), p, opts, stages=(opts.stage1, block_size),
+                                remask=(g,), length=L, top_p=p))  # fmt: skip
     return out
+
+
+def topp_series(gamma: float) -> str:
+    return f"two stages, gamma {gamma:g}"
 
 
 def check_unique(settings: list[Setting]) -> None:
@@ -279,6 +286,49 @@ def summarize(rows: list[dict[str, Any]], reference: Reference = None) -> list[d
     return out
 
 
+def curve_at(points: list[tuple[float, float]], entropy: float) -> float | None:
+    """A curve's value at ``entropy``, linear between its two points around it; ``points`` are
+    (entropy, value). None outside the curve's entropy range: a gap is never extrapolated."""
+    pts = sorted(points)
+    for (e0, y0), (e1, y1) in zip(pts, pts[1:], strict=False):
+        if e0 <= entropy <= e1:
+            return y0 if e1 == e0 else y0 + (y1 - y0) * (entropy - e0) / (e1 - e0)
+    return pts[0][1] if len(pts) == 1 and pts[0][0] == entropy else None
+
+
+def matched_entropy_gaps(
+    rows: list[dict[str, Any]], reference_series: str = STAGE1
+) -> dict[str, list[float | None]]:
+    """Per setting outside ``reference_series``, per seed: log Gen PPL minus the reference
+    curve's log Gen PPL at the same entropy, the curve being that seed's reference points (e.g.
+    stage 1 across top-p) interpolated in entropy. Negative: better than what sharpening stage
+    1 alone buys at that diversity; None where the entropy lies outside the curve."""
+    curves: dict[Any, list[tuple[float, float]]] = {}
+    for r in rows:
+        if r["series"] == reference_series and r["gen_ppl"]:
+            curves.setdefault(r["seed"], []).append((r["entropy"], math.log(r["gen_ppl"])))
+    gaps: dict[str, list[float | None]] = {}
+    for r in rows:
+        if r["series"] == reference_series:
+            continue
+        at = curve_at(curves.get(r["seed"], []), r["entropy"]) if r["gen_ppl"] else None
+        gaps.setdefault(r["setting"], []).append(
+            None if at is None else math.log(r["gen_ppl"]) - at
+        )
+    return gaps
+
+
+def add_matched_gaps(summary: list[dict[str, Any]], rows: list[dict[str, Any]]) -> None:
+    """Each summary row outside stage 1 gets its matched-entropy gap: the mean and std over
+    seeds of the log ratio (``matched_gap_log_mean/std``) and the seeds inside the curve."""
+    for name, gaps in matched_entropy_gaps(rows).items():
+        inside = [g for g in gaps if g is not None]
+        s = next(x for x in summary if x["setting"] == name)
+        s["matched_gap_log_mean"] = statistics.fmean(inside) if inside else None
+        s["matched_gap_log_std"] = statistics.stdev(inside) if len(inside) > 1 else None
+        s["matched_gap_seeds"] = f"{len(inside)}/{len(gaps)}"
+
+
 def _write_atomic(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.part")
@@ -306,8 +356,10 @@ def format_summary(summary: list[dict[str, Any]], judge: str) -> str:
              f"{'setting':<44} {'Gen PPL':>17} {'range':>15} {'vs stage 1':>11} "
              f"{'entropy':>8} {'NFE':>6}"]  # fmt: skip
     for s in summary:
-        delta = s.get("delta_vs_stage1")
+        delta, gap = s.get("delta_vs_stage1"), s.get("matched_gap_log_mean")
         vs = "" if delta is None else f"{delta:+.1f} ({s['better_than_stage1_seeds']})"
+        if gap is not None:  # the top-p control: against stage 1's curve at equal entropy
+            vs = f"{math.expm1(gap):+.0%} ({s['matched_gap_seeds']})"
         lines.append(
             f"{s['setting']:<44} {s['gen_ppl_mean']:>9.1f} ± {s['gen_ppl_std']:<5.1f} "
             f"{s['gen_ppl_min']:>7.1f}-{s['gen_ppl_max']:<7.1f} {vs:>11} "
@@ -329,8 +381,11 @@ def finish(
     kind: str, out: Path, rows: list[dict[str, Any]], meta: dict[str, Any],
     plot: Callable[[list[dict[str, Any]], str], bytes], reference: Reference,
 ) -> SweepResult:  # fmt: skip
-    """Summaries, CSVs, the JSON record and the plot of a finished sweep."""
+    """Summaries, CSVs, the JSON record and the plot of a finished sweep (the top-p control's
+    summary also gets each setting's matched-entropy gap to stage 1's curve)."""
     summary = summarize(rows, reference)
+    if kind == "topp":
+        add_matched_gaps(summary, rows)
     files = {"seeds_csv": out / f"{kind}_seeds.csv", "csv": out / f"{kind}.csv",
              "png": out / f"{kind}.png", "json": out / f"{kind}.json"}  # fmt: skip
     write_csv(files["seeds_csv"], rows)
@@ -422,7 +477,9 @@ def plot_topp(summary: list[dict[str, Any]], judge: str) -> bytes:
     from matplotlib.ticker import ScalarFormatter
 
     plt, fig, ax = _figure()
-    for pts in _lines(ax, summary, ((STAGE1, "s"), ("two stages", "o")), "entropy_mean", "x"):
+    series = [(STAGE1, "s")] + [(name, "o^vD"[i % 4]) for i, name in enumerate(
+        dict.fromkeys(s["series"] for s in summary if s["series"] != STAGE1))]  # fmt: skip
+    for pts in _lines(ax, summary, series, "entropy_mean", "x"):
         for s in pts:
             ax.annotate(f"p={s['x']:g}", (s["entropy_mean"], s["gen_ppl_mean"]),
                         textcoords="offset points", xytext=(4, 4), fontsize=7)  # fmt: skip
