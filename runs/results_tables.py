@@ -1,55 +1,122 @@
-"""Markdown tables of the sweeps under runs/results (what docs/results.md shows), and copies
-of their plots into docs/results/.  usage: .venv/bin/python runs/results_tables.py [RESULTS]"""
+"""Markdown tables of the sweeps under runs/results (what docs/results.md shows), and copies of
+the plots of training seed 0 into docs/results/.
+
+Layout read: RESULTS/<corpus>-s<training seed>/<kind>_seeds.csv (one model per folder, rows per
+setting and sampling seed) and RESULTS/mix/mix.csv. For each corpus and sweep kind the table
+gives, per setting: the mean over models of each model's mean Gen PPL (over sampling seeds) ±
+the standard deviation across models, the mean within-model spread over sampling seeds, the
+paired difference to stage 1 (same model, same seeds, same drafts) with the number of models on
+which the setting was better, and entropy. For the top-p control: each two-stage setting's
+matched-entropy gap to stage 1's curve, per model the mean over seeds, then mean ± std across
+models.  usage: .venv/bin/python runs/results_tables.py [RESULTS]
+"""
 
 import csv
+import math
+import re
 import shutil
+import statistics
 import sys
+from collections import defaultdict
 from pathlib import Path
+
+from dind.sweep import STAGE1, matched_entropy_gaps
 
 root = Path(sys.argv[1] if len(sys.argv) > 1 else "runs/results")
 docs = Path("docs/results")
 docs.mkdir(parents=True, exist_ok=True)
 
 
-def fmt(value: str, digits: int = 1) -> str:
-    try:
-        return f"{float(value):.{digits}f}"
-    except ValueError:
-        return value or ""
+def rows_of(path: Path) -> list[dict]:
+    out = []
+    for r in csv.DictReader(path.open()):
+        for key in ("gen_ppl", "entropy", "nfe", "x"):
+            r[key] = float(r[key]) if r.get(key) not in (None, "") else None
+        r["seed"] = int(r["seed"])
+        out.append(r)
+    return out
 
 
-for csv_path in sorted(root.glob("*/*.csv")):
-    if csv_path.stem.endswith("_seeds"):
-        continue
-    rows = list(csv.DictReader(csv_path.open()))
-    mix = csv_path.stem == "mix"
-    print(f"\n### {csv_path.parent.name} / {csv_path.stem} ({csv_path})\n")
-    head = [
-        "setting",
-        "Gen PPL (mean ± std over seeds)",
-        "min-max",
-        "vs stage 1 (seeds better)",
-        "entropy",
-        "NFE",
-    ] + (["NELBO B=4", "NELBO B=L"] if mix else [])
+def mean_sd(values: list[float]) -> str:
+    values = [v for v in values if v is not None]
+    if not values:
+        return "-"
+    sd = statistics.stdev(values) if len(values) > 1 else 0.0
+    return f"{statistics.fmean(values):.1f} ± {sd:.1f}"
+
+
+def table(kind: str, models: dict[int, list[dict]]) -> None:
+    settings = list(dict.fromkeys(r["setting"] for rows in models.values() for r in rows))
+    reference = next(r["setting"] for r in next(iter(models.values())) if r["series"] in
+                     (STAGE1, "one stage"))  # fmt: skip
+    gaps = {seed: matched_entropy_gaps(rows) for seed, rows in models.items()}
+    head = ["setting", f"Gen PPL (mean ± std over {len(models)} models)",
+            "± over sampling seeds", "vs stage 1 (models better)", "entropy"]  # fmt: skip
+    if kind == "topp":
+        head[3] = "gap to stage 1's curve at equal entropy (models)"
     print("| " + " | ".join(head) + " |")
     print("|" + "---|" * len(head))
-    for r in rows:
+    for name in settings:
+        per_model, within, deltas, entropy, gap = [], [], [], [], []
+        for seed, rows in models.items():
+            mine = [r for r in rows if r["setting"] == name and r["gen_ppl"]]
+            ref = {r["seed"]: r["gen_ppl"] for r in rows if r["setting"] == reference}
+            if not mine:
+                continue
+            ppl = [r["gen_ppl"] for r in mine]
+            per_model.append(statistics.fmean(ppl))
+            within.append(statistics.stdev(ppl) if len(ppl) > 1 else 0.0)
+            entropy.append(statistics.fmean(r["entropy"] for r in mine))
+            deltas.append(statistics.fmean(r["gen_ppl"] - ref[r["seed"]] for r in mine))
+            inside = [g for g in gaps[seed].get(name, []) if g is not None]
+            if inside:
+                gap.append(statistics.fmean(inside))
+        if kind == "topp":
+            vs = "" if not gap else (
+                f"{math.expm1(statistics.fmean(gap)):+.0%} ± "
+                f"{statistics.stdev(gap) if len(gap) > 1 else 0.0:.0%} ({len(gap)})")  # fmt: skip
+        else:
+            vs = (
+                ""
+                if name == reference
+                else (
+                    f"{statistics.fmean(deltas):+.1f} ({sum(d < 0 for d in deltas)}/{len(deltas)})"
+                )
+            )
+        cells = [name, mean_sd(per_model), f"{statistics.fmean(within):.1f}", vs,
+                 f"{statistics.fmean(entropy):.2f}"]  # fmt: skip
+        print("| " + " | ".join(cells) + " |")
+
+
+folders = defaultdict(dict)
+for folder in sorted(root.glob("*-s[0-9]*")):
+    m = re.fullmatch(r"(.+)-s(\d+)", folder.name)
+    if m and folder.is_dir():
+        folders[m.group(1)][int(m.group(2))] = folder
+for corpus, by_seed in folders.items():
+    for kind in ("gamma", "policy", "topp", "nfe"):
+        models = {s: rows_of(f / f"{kind}_seeds.csv") for s, f in sorted(by_seed.items())
+                  if (f / f"{kind}_seeds.csv").is_file()}  # fmt: skip
+        if not models:
+            continue
+        print(f"\n### {corpus} / {kind} (training seeds {sorted(models)})\n")
+        table(kind, models)
+        first = by_seed[min(by_seed)] / f"{kind}.png"
+        if first.exists():
+            shutil.copy(first, docs / f"{corpus}_{kind}.png")
+
+mix = root / "mix" / "mix.csv"
+if mix.is_file():
+    print(f"\n### mix ({mix})\n")
+    head = ["setting", "Gen PPL (mean ± std over seeds)", "vs stage 1 (seeds better)",
+            "entropy", "NELBO B=4", "NELBO B=L"]  # fmt: skip
+    print("| " + " | ".join(head) + " |")
+    print("|" + "---|" * len(head))
+    for r in csv.DictReader(mix.open()):
         delta = r.get("delta_vs_stage1") or ""
         vs = f"{float(delta):+.1f} ({r['better_than_stage1_seeds']})" if delta else ""
-        cells = [
-            r["setting"],
-            f"{fmt(r['gen_ppl_mean'])} ± {fmt(r['gen_ppl_std'])}",
-            f"{fmt(r['gen_ppl_min'])}-{fmt(r['gen_ppl_max'])}",
-            vs,
-            fmt(r["entropy_mean"], 2),
-            fmt(r["nfe_mean"], 0),
-        ]
-        if mix:
-            cells += [fmt(r.get("nelbo_small", ""), 3), fmt(r.get("nelbo_full", ""), 3)]
+        cells = [r["setting"], f"{float(r['gen_ppl_mean']):.1f} ± {float(r['gen_ppl_std']):.1f}",
+                 vs, f"{float(r['entropy_mean']):.2f}", f"{float(r['nelbo_small']):.3f}",
+                 f"{float(r['nelbo_full']):.3f}"]  # fmt: skip
         print("| " + " | ".join(cells) + " |")
-    png = csv_path.with_suffix(".png")
-    if png.exists():
-        prefix = "" if csv_path.parent.name == png.stem else f"{csv_path.parent.name}_"
-        name = prefix + png.name
-        shutil.copy(png, docs / name)
+    shutil.copy(mix.with_suffix(".png"), docs / "mix.png")
