@@ -18,6 +18,10 @@ Design choices:
 - Settings that share a stage 1 share its drafts: the refinement goes on from them, which is
   exactly what one multi-stage call would have drawn (``dind.sampler.sample_batch``), so a
   gamma sweep pays for one draft per seed plus the refinement passes.
+- ``SweepOptions.retry_low_entropy`` (BD3-LM's redraws, ``dind.sampler``) applies to every
+  setting's stage 1; the shared drafts are the accepted ones, so every setting refines the
+  same drafts and the sample files carry their ``redraws``. ``judge_max_tokens`` cuts what the
+  judge scores (``dind.judges``).
 - Outputs: ``<kind>_seeds.csv``, ``<kind>.csv``, ``<kind>.png`` and ``<kind>.json`` in the
   output folder, and the samples of each (setting, seed) under ``samples/``, each written
   atomically.
@@ -71,6 +75,10 @@ class SweepOptions:
     """Stage-1 block size (the draft)."""
     save_samples: bool = True
     progress: bool = True
+    retry_low_entropy: bool = False
+    """Redraw stage-1 drafts by BD3-LM's low-entropy rule (``dind.sampler``)."""
+    judge_max_tokens: int | None = None
+    """Cut the judge's input to this many ids, BOS included (``dind.judges``)."""
 
     def check(self) -> None:
         if not self.seeds:
@@ -195,7 +203,7 @@ def check_unique(settings: list[Setting]) -> None:
 
 def _stage1_key(cfg: SamplerConfig) -> tuple:
     return (cfg.stages[0], cfg.length, cfg.top_p, cfg.sampler, cfg.steps, cfg.confidence,
-            cfg.kv_cache, cfg.seed)  # fmt: skip
+            cfg.kv_cache, cfg.seed, cfg.retry_low_entropy)  # fmt: skip
 
 
 def slug(text: str) -> str:
@@ -215,7 +223,8 @@ def draw_and_judge(
     bar = tqdm(pairs, disable=not opts.progress, desc=f"sweep {label}".strip(), unit="setting")
     for seed, setting in bar:
         bar.set_postfix_str(f"seed {seed}: {setting.name}")
-        cfg = dataclasses.replace(setting.sampler, seed=seed)
+        cfg = dataclasses.replace(setting.sampler, seed=seed,
+                                  retry_low_entropy=opts.retry_low_entropy)  # fmt: skip
         key, drafts = _stage1_key(cfg), None
         if len(cfg.stages) > 1:
             if key not in drafts_by_key:
@@ -239,6 +248,8 @@ def draw_and_judge(
             "entropy": a["entropy_mean"], "nfe": a["nfe_mean"], "seconds": a["seconds_mean"],
             "n_samples": a["n_samples"],
         })  # fmt: skip
+        if opts.retry_low_entropy:  # a column only when asked for: default CSVs are unchanged
+            rows[-1]["redraws"] = sum(s.redraws for s in drawn)
     return rows
 
 
@@ -461,18 +472,24 @@ def run_sampling_sweep(
         raise DindError(f"length {length} must be in 1..{model_len}, the model's length")
     settings = build(L)
     check_unique(settings)
-    judge = load_judge(opts.judge, _device())
+    judge = load_judge(opts.judge, _device(), opts.judge_max_tokens)
     ck = load_checkpoint(checkpoint, _device())
     samples_dir = out / "samples" / kind if opts.save_samples else None
     rows = draw_and_judge(ck.model, ck.tokenizer, settings, opts, judge, samples_dir, kind)
     # every grid starts with its stage-1 setting; top-p's stage-1 rows differ in top-p
     reference = None if kind == "topp" else settings[0].name
     meta = {"checkpoint": str(checkpoint), "length": L, "judge": judge.name,
-            "seeds": list(opts.seeds), "num_samples": opts.num_samples,
+            "seeds": list(opts.seeds), "num_samples": opts.num_samples, **_protocol(opts),
             "settings": [{"name": s.name, "series": s.series, "x": s.x,
                           "sampler": dataclasses.asdict(s.sampler)} for s in settings]}  # fmt: skip
     plot = {"gamma": plot_gamma, "policy": plot_policy, "nfe": plot_nfe, "topp": plot_topp}[kind]
     return finish(kind, out, rows, meta, plot, reference)
+
+
+def _protocol(opts: SweepOptions) -> dict[str, Any]:
+    """The evaluation options a sweep's JSON records beside its settings."""
+    return {"retry_low_entropy": opts.retry_low_entropy,
+            "judge_max_tokens": opts.judge_max_tokens}  # fmt: skip
 
 
 def _device() -> str:
@@ -553,7 +570,7 @@ def run_mix_sweep(
                 _setting(f"two stages (block {L}, gamma {gamma:g})", "two stages", None,
                          stages=(opts.stage1, L), remask=(gamma,), length=L,
                          top_p=opts.top_p)]  # fmt: skip
-    judge = load_judge(opts.judge, _device())
+    judge = load_judge(opts.judge, _device(), opts.judge_max_tokens)
 
     def run_for(dist: BlockSizeDistribution, n: int) -> RunConfig:
         warmup = min(base.train.warmup_steps, max(n // 10, 1))
@@ -589,7 +606,7 @@ def run_mix_sweep(
                          "x": 1 if r["series"] == STAGE1 else 2, **nelbo})  # fmt: skip
     meta = {"init_from": init_from, "pretrain_steps": pretrain_steps, "steps": steps,
             "length": L, "judge": judge.name, "seeds": list(opts.seeds),
-            "num_samples": opts.num_samples, "gamma": gamma,
+            "num_samples": opts.num_samples, "gamma": gamma, **_protocol(opts),
             "mixes": [{"name": m.name, "block_sizes": list(m.dist.block_sizes),
                        "probs": list(m.dist.probs)} for m in parsed]}  # fmt: skip
     # each mix's two-stage row is compared with that mix's own stage-1 row, seed by seed
