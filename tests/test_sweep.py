@@ -64,7 +64,11 @@ def test_gamma_sweep_end_to_end(trained_run):
         ppl = [float(r["gen_ppl"]) for r in seeds if r["setting"] == s["setting"]]
         assert len(ppl) == 2 and all(math.isfinite(p) and p > 1 for p in ppl)
         assert float(s["gen_ppl_mean"]) == pytest.approx(statistics.fmean(ppl), rel=1e-5)
-        assert float(s["gen_ppl_std"]) == pytest.approx(statistics.stdev(ppl), rel=1e-4)
+        # the per-seed CSV holds 6 significant digits: the std of close values inherits their
+        # absolute rounding error (~1e-5 of the values), not a relative one
+        assert float(s["gen_ppl_std"]) == pytest.approx(
+            statistics.stdev(ppl), rel=1e-4, abs=1e-5 * max(ppl)
+        )
     w, h = _png_size(out / "gamma.png")
     assert w > 100 and h > 100 and (out / "gamma.png").stat().st_size > 5000
     # every two-stage setting refines the very drafts the stage-1 row was judged on
