@@ -242,6 +242,8 @@ def test_eval_reports_the_bd3lm_rule_on_model_tokens(tmp_path):
     assert agg["redraws_mean"] == 1.0
     table = format_table(result)
     assert "BD3-LM rule rejects 50%" in table and "redraws per sample: 1.00" in table
+    assert "first 1024 ids" in format_table({**result, "judge_max_tokens": 1024})
+    assert "ids" not in table.splitlines()[0]
     bare = evaluate_samples(records[2:], WordJudge())
     assert bare["aggregate"]["bd3lm_reject_share"] is None
     assert bare["aggregate"]["redraws_mean"] is None

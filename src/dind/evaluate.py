@@ -158,8 +158,9 @@ def format_table(result: dict[str, Any]) -> str:
     def f(v, spec=".2f"):
         return "-" if v is None else format(v, spec)
 
+    cut = result.get("judge_max_tokens")
     lines = [
-        f"judge: {result['judge']}",
+        f"judge: {result['judge']}" + (f" (first {cut} ids, BOS included)" if cut else ""),
         f"{'sample':>6} {'gen_ppl':>10} {'entropy':>8} {'length':>7} {'nfe':>7} {'s':>8}",
     ]
     for r in result["samples"]:
