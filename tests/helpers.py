@@ -1,11 +1,16 @@
-"""Shared builders for tests: a tiny run on a small generated corpus."""
+"""Shared builders for tests: a tiny run on a small generated corpus, a mock denoiser."""
 
 from __future__ import annotations
 
+import math
 import random
 from pathlib import Path
+from types import SimpleNamespace
+
+import torch
 
 from dind.config import BlockSizeDistribution, ModelConfig, NoiseConfig, RunConfig, TrainConfig
+from dind.kv_cache import KVCache
 
 WORDS = [
     "the",
@@ -78,3 +83,55 @@ def tiny_run(corpus: Path, **train_overrides) -> RunConfig:
         train=TrainConfig(**train),
         preset="test",
     )
+
+
+class SwitchDenoiser(torch.nn.Module):
+    """A denoiser whose samples are either diverse or degenerate, decided by the token at
+    position 1 (BOS is at 0): one of the ``N_BAD`` "bad" tokens there makes every later token
+    uniform over the bad tokens (unigram entropy at most log 5 nats), any other token makes
+    them uniform over all ``N_REAL`` tokens (about 4.9 nats over 256). Position 1 itself, and
+    any query that cannot see it, draws a bad token with probability ~0.43. ``mode``:
+    "switch" (as described), "always_bad" or "never_bad". Works with and without KV cache."""
+
+    N_REAL, BOS, MASK, N_BAD = 200, 200, 201, 5
+    V = 202
+
+    def __init__(self, seq_len: int, mode: str = "switch"):
+        super().__init__()
+        self.config = SimpleNamespace(seq_len=seq_len)
+        self.anchor = torch.nn.Parameter(torch.zeros(()))
+        self.mode = mode
+        self.calls = 0
+
+    def new_kv_cache(self, batch_size, max_len=None, dtype=None):
+        return KVCache(1, batch_size, 1, max_len or self.config.seq_len, 1, dtype=torch.float64)
+
+    def forward(self, x, sigma=None, mask=None, positions=None, kv_cache=None, n_logits=None,
+                logit_index=None):  # fmt: skip
+        self.calls += 1
+        B, T = x.shape
+        toks = x.double()
+        if kv_cache is not None:  # cache slot s holds position s
+            k, _ = kv_cache.write(0, toks[:, None, :, None], toks[:, None, :, None])
+            toks = k[:, 0, :, 0]
+        vis = torch.ones(T, toks.shape[1], dtype=torch.bool) if mask is None else mask
+        if toks.shape[1] > 1:
+            tok1 = torch.where(vis[None, :, 1], toks[:, 1:2], float(self.MASK)).long()  # (B, T)
+        else:
+            tok1 = torch.full((B, T), self.MASK)
+        bad = torch.arange(self.V) < self.N_BAD
+        real = torch.arange(self.V) < self.N_REAL
+        degenerate = torch.where(bad, 0.0, -30.0)
+        diverse = torch.where(real, 0.0, -30.0)
+        lure = torch.where(bad, math.log(30.0), diverse)
+        if self.mode == "always_bad":
+            logits = degenerate.expand(B, T, self.V)
+        else:
+            seen_bad = (tok1 < self.N_BAD) & (self.mode == "switch")
+            logits = torch.where((tok1 == self.MASK)[..., None], lure, diverse)
+            logits = torch.where(seen_bad[..., None], degenerate, logits)
+        if n_logits is not None:
+            logits = logits[:, :n_logits]
+        if logit_index is not None:
+            logits = logits.gather(1, logit_index[..., None].expand(-1, -1, self.V))
+        return logits.float()

@@ -1,6 +1,7 @@
 import json
 import math
 import os
+import random
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -8,7 +9,13 @@ from dataclasses import dataclass
 import pytest
 
 from dind.errors import DindError
-from dind.evaluate import evaluate_samples, read_samples, unigram_entropy
+from dind.evaluate import (
+    bd3lm_rejects,
+    evaluate_samples,
+    format_table,
+    read_samples,
+    unigram_entropy,
+)
 
 
 @dataclass
@@ -170,3 +177,83 @@ def test_heldout_nll_of_an_ar_run_matches_a_direct_computation(tmp_path, monkeyp
     assert result["nelbo"] == pytest.approx(total / count, rel=1e-5)
     with pytest.raises(DindError):
         heldout_nelbo(tmp_path / "ar", data="/no/such/corpus")
+
+
+# ----------------------------------------------------------------------------- BD3-LM's rule
+
+
+def rule_by_hand(tokens: list[int], block_size: int) -> bool:
+    """BD3-LM's sampler loop replayed with torch: after each block, once the sequence is
+    longer than 256, reject when the entropy of its last 256 tokens is below 4 nats."""
+    import torch
+
+    for n_blocks in range(1, len(tokens) // block_size + 1):
+        x = torch.tensor(tokens[: n_blocks * block_size])
+        if x.numel() > 256:
+            _, counts = torch.unique(x[-256:], return_counts=True)
+            if float(torch.special.entr(counts.double() / counts.sum()).sum()) < 4:
+                return True
+    return False
+
+
+def test_bd3lm_rule_against_brute_force():
+    rng = random.Random(0)
+    outcomes = []
+    for _ in range(150):
+        block = rng.choice([1, 4, 16, 64])
+        length = block * rng.randint(256 // block, 640 // block)
+        k = rng.randint(40, 90)  # near the bound: ~55 evenly used symbols give 4 nats
+        tokens = [0] + [rng.randrange(k) for _ in range(length - 1)]
+        if rng.random() < 0.5:  # a repetitive stretch somewhere
+            start = rng.randrange(length)
+            for i in range(start, min(length, start + rng.randint(50, 300))):
+                tokens[i] = 7
+        expected = rule_by_hand(tokens, block)
+        assert bd3lm_rejects(tokens, block) == expected, (block, length, k)
+        outcomes.append(expected)
+    assert 20 < sum(outcomes) < 130  # both outcomes, many times
+
+
+def test_bd3lm_rule_checks_every_block_end_not_only_the_last_window():
+    diverse = [i % 200 for i in range(1, 1024)]  # 200 symbols: 5.3 nats in any window
+    assert not bd3lm_rejects([0, *diverse], 4)
+    middle = [0, *diverse]
+    middle[300:560] = [3] * 260  # the window ending at 560 is one symbol
+    assert unigram_entropy(middle[-256:]) > 4  # the final window alone would pass
+    assert bd3lm_rejects(middle, 4)
+    # nothing is checked at 256 positions or fewer
+    assert not bd3lm_rejects([0] * 256, 4) and bd3lm_rejects([0] * 260, 4)
+    assert not bd3lm_rejects([0] * 259, 4)  # the first block end past 256 is 260
+
+
+def test_eval_reports_the_bd3lm_rule_on_model_tokens(tmp_path):
+    diverse = [0, *[i % 200 for i in range(1, 300)]]
+    flat = [0, *[i % 20 for i in range(1, 300)]]  # 20 symbols: 3.0 nats
+    records = [
+        {"index": 0, "text": "a b c", "stages": [4], "stage_tokens": [diverse], "redraws": 2},
+        {"index": 1, "text": "a b c", "stages": [4, 300], "stage_tokens": [diverse, flat],
+         "redraws": 0},
+        {"index": 2, "text": "a a a"},
+    ]  # fmt: skip
+    result = evaluate_samples(records, WordJudge())
+    rows, agg = result["samples"], result["aggregate"]
+    assert [r["bd3lm_reject"] for r in rows] == [False, True, None]  # the final stage's tokens
+    assert agg["bd3lm_reject_share"] == 0.5  # over the records with model tokens
+    assert agg["redraws_mean"] == 1.0
+    table = format_table(result)
+    assert "BD3-LM rule rejects 50%" in table and "redraws per sample: 1.00" in table
+    assert "first 1024 ids" in format_table({**result, "judge_max_tokens": 1024})
+    assert "ids" not in table.splitlines()[0]
+    bare = evaluate_samples(records[2:], WordJudge())
+    assert bare["aggregate"]["bd3lm_reject_share"] is None
+    assert bare["aggregate"]["redraws_mean"] is None
+    assert "BD3-LM rule rejects -" in format_table(bare)
+    assert "redraws" not in format_table(bare)
+
+
+def test_cli_bad_judge_max_tokens(tmp_path):
+    f = write(tmp_path / "s.jsonl", [{"text": "hello there"}])
+    res = _cli("eval", str(f), "--judge-max-tokens", "1", cache=tmp_path / "cache")
+    assert res.returncode == 2 and "Traceback" not in res.stderr
+    lines = [x for x in res.stderr.splitlines() if x.strip()]
+    assert len(lines) == 1 and "--judge-max-tokens must be at least 2" in lines[0], res.stderr

@@ -20,6 +20,7 @@ from dind.judges import (
     load_judge,
     smollm2_folder,
     smollm2_judge,
+    strided_nll,
 )
 from dind.model import DiT
 from dind.tokenizer import EOT, gpt2_tokenizer, train_bpe
@@ -39,23 +40,38 @@ def _one_thread():
     torch.set_num_threads(threads)
 
 
-def window_of(j: int, context: int, stride: int) -> int:
-    """Start of the window that scores target j of [BOS] + tokens: the first window (starting at
-    0, stride, 2*stride, ...) whose end reaches past j."""
-    return max(0, math.ceil((j - context + 1) / stride))
+def window_of(t: int, context: int, stride: int) -> int:
+    """The window that scores token t (0-based, BOS not counted): windows are BOS + tokens
+    [w * stride, w * stride + context - 1), and the first one whose end passes t scores it."""
+    w = 0
+    while w * stride + context - 1 <= t:
+        w += 1
+    return w
 
 
 def reference_nll(logprob_of, seq: list[int], eos: int, context: int, stride: int | None):
-    """Per-token loop: -log p(seq[j] | seq[start:j]) with start from the strided rule
-    (or 0 with stride None), EOS targets left out. ``logprob_of(ctx, tgt)`` -> float."""
+    """Per-token loop over seq = [BOS] + tokens: -log p(tokens[t] | BOS + tokens[start:t]) with
+    start from the strided rule (or 0 with stride None), EOS targets left out.
+    ``logprob_of(ctx, tgt)`` -> float."""
+    bos, tokens = seq[0], seq[1:]
     nll, n = 0.0, 0
-    for j in range(1, len(seq)):
-        if seq[j] == eos:
+    for t, target in enumerate(tokens):
+        if target == eos:
             continue
-        start = 0 if stride is None else window_of(j, context, stride) * stride
-        nll -= logprob_of(seq[start:j], seq[j])
+        start = 0 if stride is None else window_of(t, context, stride) * stride
+        nll -= logprob_of([bos, *tokens[start:t]], target)
         n += 1
     return nll, n
+
+
+def bare_slices_nll(logprob_of, seq: list[int], context: int, stride: int) -> float:
+    """The former rule, BD3-LM's: windows are bare slices of [BOS] + tokens, so only the first
+    one holds the BOS (no EOS in seq)."""
+    nll = 0.0
+    for j in range(1, len(seq)):
+        start = max(0, math.ceil((j - context + 1) / stride)) * stride
+        nll -= logprob_of(seq[start:j], seq[j])
+    return nll
 
 
 # ----------------------------------------------------------------------------- HF judge
@@ -114,9 +130,12 @@ def test_hf_judge_long_text_uses_strided_windows(tiny_gpt2):
     ref, n = reference_nll(hf_logprob(model), seq, tok.eos_token_id, 64, 32)
     assert s.n_tokens == n == len(tokens)
     assert s.nll_sum == pytest.approx(ref, rel=1e-5)
-    # The check has teeth: non-overlapping windows give a clearly different total.
+    # The check has teeth: non-overlapping windows, or later windows without their BOS (bare
+    # slices of [BOS] + tokens, the former rule), give clearly different totals.
     chunked, _ = reference_nll(hf_logprob(model), seq, tok.eos_token_id, 64, 63)
-    assert abs(chunked - ref) > 1e-3 * abs(ref)
+    assert abs(chunked - ref) > 2e-4 * abs(ref)
+    bare = bare_slices_nll(hf_logprob(model), seq, 64, 32)
+    assert abs(bare - ref) > 1e-3 * abs(ref)
 
 
 def test_hf_judge_excludes_eos_targets(tiny_gpt2):
@@ -130,6 +149,119 @@ def test_hf_judge_excludes_eos_targets(tiny_gpt2):
     ref, n = reference_nll(hf_logprob(model), [eos, *s.tokens], eos, 64, 32)
     assert (s.n_tokens, s.nll_sum) == (n, pytest.approx(ref, rel=1e-5))
     assert judge.score("") == JudgeScore(0.0, 0, [])
+
+
+# ----------------------------------------------------------------------------- windows
+
+
+def test_windows_match_one_window_for_a_judge_that_needs_its_bos():
+    """A toy judge that predicts from the previous token only when its input starts with BOS
+    (and is uniform otherwise) is exact under BOS-per-window: a long text scored in windows
+    equals the same text scored in one piece, to rounding."""
+    V, bos = 12, 11
+    table = torch.randn(V, V, generator=torch.Generator().manual_seed(0), dtype=torch.float64) * 3
+    seen = []
+
+    def logits_fn(x):
+        seen.append(x[0].tolist())
+        if int(x[0, 0]) != bos:
+            return torch.zeros(x.shape[1], V)
+        return table[x[0]]
+
+    tokens = torch.randint(V - 1, (200,), generator=torch.Generator().manual_seed(1)).tolist()
+    one = strided_nll(tokens, bos, None, 1024, 512, logits_fn)
+    assert len(seen) == 1
+    seen.clear()
+    windowed = strided_nll(tokens, bos, None, 24, 10, logits_fn)
+    assert len(seen) > 10 and all(w[0] == bos and len(w) <= 24 for w in seen)
+    assert windowed.n_tokens == one.n_tokens == 200
+    assert windowed.nll_sum == pytest.approx(one.nll_sum, rel=1e-6)
+
+    def logprob_of(ctx, tgt):  # the toy judge, one target at a time
+        row = table[ctx[-1]] if ctx[0] == bos else torch.zeros(V, dtype=torch.float64)
+        return float(row.log_softmax(-1)[tgt])
+
+    assert windowed.nll_sum == pytest.approx(
+        reference_nll(logprob_of, [bos, *tokens], -1, 24, 10)[0], rel=1e-6
+    )
+    # teeth: the same windows without their BOS (the former rule) are far off
+    bare = bare_slices_nll(logprob_of, [bos, *tokens], 24, 10)
+    assert abs(bare - one.nll_sum) > 0.05 * one.nll_sum
+
+
+def markov_gpt2(V: int, bos: int, length: int, steps: int):
+    """A tiny GPT-2 trained on a first-order Markov chain, every row starting with BOS: it
+    predicts from the last token, so windows should barely change its score."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    g = torch.Generator().manual_seed(0)
+    P = (torch.randn(V - 1, V - 1, generator=g) * 2.5).softmax(-1)
+
+    def chains(b: int, n: int, gen: torch.Generator) -> torch.Tensor:
+        x = torch.empty(b, n, dtype=torch.long)
+        x[:, 0] = torch.randint(V - 1, (b,), generator=gen)
+        for t in range(1, n):
+            x[:, t] = torch.multinomial(P[x[:, t - 1]], 1, generator=gen)[:, 0]
+        return x
+
+    torch.manual_seed(0)
+    cfg = GPT2Config(n_layer=2, n_head=2, n_embd=32, n_positions=length, vocab_size=V,
+                     bos_token_id=bos, eos_token_id=bos)  # fmt: skip
+    model = GPT2LMHeadModel(cfg)
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    for _ in range(steps):
+        batch = torch.cat([torch.full((16, 1), bos), chains(16, length - 1, g)], 1)
+        loss = model(input_ids=batch, labels=batch).loss
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return model.eval(), chains
+
+
+def test_windows_of_a_trained_causal_judge_match_one_window():
+    V, bos, length = 24, 23, 64
+    model, chains = markov_gpt2(V, bos, length, steps=100)
+
+    @torch.no_grad()
+    def logits_fn(x):
+        return model(input_ids=x).logits[0]
+
+    for seed in (5, 6):
+        tokens = chains(1, length - 4, torch.Generator().manual_seed(seed))[0].tolist()
+        one = strided_nll(tokens, bos, None, 1024, 512, logits_fn)  # positions < length
+        windowed = strided_nll(tokens, bos, None, 16, 8, logits_fn)
+        assert windowed.n_tokens == one.n_tokens == len(tokens)
+        assert windowed.nll_sum == pytest.approx(one.nll_sum, rel=0.03)
+        assert one.nll_sum / one.n_tokens < 0.8 * math.log(V - 1)  # it learned something
+
+
+# ----------------------------------------------------------------------------- truncation
+
+
+def test_max_tokens_scores_the_first_n_ids_bos_included(tiny_gpt2):
+    folder, model, tok = tiny_gpt2
+    judge = load_judge(str(folder), max_tokens=40)
+    assert judge.max_tokens == 40
+    tokens = tok(LONG, add_special_tokens=False).input_ids
+    s = judge.score(LONG)
+    assert s.tokens == tokens[:39] and s.n_tokens == 39  # 40 ids with the BOS
+    ref, _ = reference_nll(hf_logprob(model), [tok.bos_token_id, *tokens[:39]], -1, 64, 32)
+    assert s.nll_sum == pytest.approx(ref, rel=1e-5)
+    assert judge.score(SHORT) == load_judge(str(folder)).score(SHORT)  # shorter: unchanged
+    long = load_judge(str(folder), max_tokens=150).score(LONG)  # windows after the cut too
+    ref, n = reference_nll(hf_logprob(model), [tok.bos_token_id, *tokens[:149]], -1, 64, 32)
+    assert (long.n_tokens, long.nll_sum) == (n, pytest.approx(ref, rel=1e-5)) and n == 149
+
+
+def test_max_tokens_errors(tiny_gpt2, tmp_path):
+    folder, _, _ = tiny_gpt2
+    with pytest.raises(DindError, match="at least 2"):
+        load_judge(str(folder), max_tokens=1)
+    from dind.synthetic import write_corpus
+
+    write_corpus(tmp_path / "syn", n_docs=2, doc_length=8, seed=0)
+    with pytest.raises(DindError, match="oracle judge scores whole texts"):
+        load_judge(f"oracle:{tmp_path / 'syn'}", max_tokens=64)
 
 
 # ----------------------------------------------------------------------------- dind AR judge

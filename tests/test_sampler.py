@@ -9,11 +9,12 @@ import pytest
 import torch
 
 from dind import remask
+from dind.denoise import DenoiseSettings
 from dind.errors import DindError
 from dind.kv_cache import KVCache
 from dind.model import DiT
-from dind.sampler import SamplerConfig, ar_generate, sample
-from helpers import tiny_run, write_corpus
+from dind.sampler import SamplerConfig, ar_generate, run_stage, sample, sample_record, sample_seed
+from helpers import SwitchDenoiser, tiny_run, write_corpus
 
 MASK, BOS, V = 20, 19, 21
 
@@ -252,6 +253,16 @@ def test_trained_model_samples_end_to_end(trained_run):
     assert "stage 2" in res.stdout
 
 
+def test_cli_retry_low_entropy(trained_run):
+    out = trained_run / "retry.jsonl"
+    res = _cli("sample", "--checkpoint", str(trained_run / "run"), "--out", str(out),
+               "--num-samples", "2", "--length", "32", "--retry-low-entropy", "--no-progress",
+               cache=trained_run / "cache")  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    assert [json.loads(line)["redraws"] for line in out.read_text().splitlines()] == [0, 0]
+    assert "0 low-entropy redraws (the rule checks only sequences longer than 256)" in res.stdout
+
+
 @pytest.mark.parametrize(
     "args,msg",
     [
@@ -337,3 +348,104 @@ def test_refining_rejects_drafts_of_another_run():
     with pytest.raises(DindError, match="stage count"):
         sample(model, SamplerConfig(stages=(4,), length=32, seed=1), 2, 2, BOS, MASK,
                drafts=drafts)  # fmt: skip
+
+
+# ----------------------------------------------------------------------------- low-entropy redraws
+
+SW = SwitchDenoiser
+RETRY = dict(stages=(4,), length=264, top_p=1.0, seed=3)  # L > 256: BD3-LM's rule applies
+
+
+def bd3lm_rule_by_hand(tokens: list[int], block_size: int) -> bool:
+    """BD3-LM's sampler loop, replayed: after each block, once more than 256 positions exist,
+    reject when the entropy (nats) of the last 256 is below 4."""
+    for n_blocks in range(1, len(tokens) // block_size + 1):
+        x = torch.tensor(tokens[: n_blocks * block_size])
+        if len(x) > 256:
+            _, counts = torch.unique(x[-256:], return_counts=True)
+            if float(torch.special.entr(counts.double() / counts.sum()).sum()) < 4:
+                return True
+    return False
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_retry_low_entropy_redraws_continue_each_samples_generator():
+    model = SW(264)
+    cfg = SamplerConfig(**RETRY, retry_low_entropy=True)
+    drawn = sample(model, cfg, 6, 6, SW.BOS, SW.MASK)
+    plain = sample(model, SamplerConfig(**RETRY), 6, 6, SW.BOS, SW.MASK)
+    assert all(s.redraws is not None for s in drawn) and all(s.redraws is None for s in plain)
+    assert not any(bd3lm_rule_by_hand(s.tokens, 4) for s in drawn)
+    assert any(s.redraws > 0 for s in drawn) and any(s.redraws == 0 for s in drawn)
+    for s, p in zip(drawn, plain, strict=True):
+        # a draft that passes at once is the draft drawn without the option
+        assert (s.tokens == p.tokens) == (s.redraws == 0)
+        assert bd3lm_rule_by_hand(p.tokens, 4) == (s.redraws > 0)
+        assert s.nfe == p.nfe == [263]  # the kept draw's calls
+    # brute force: one sample at a time, its generator continuing from draw to draw
+    settings = DenoiseSettings(SW.MASK, top_p=1.0, confidence="model", sampler="first_hitting")
+    for s in drawn:
+        g = torch.Generator().manual_seed(sample_seed(3, s.index))
+        draws, tokens = 0, None
+        while tokens is None or bd3lm_rule_by_hand(tokens, 4):
+            x = torch.full((1, 264), SW.MASK)
+            x[0, 0] = SW.BOS
+            run_stage(model, x, torch.zeros(1, 264, dtype=torch.float64), 4, settings, [g], True)
+            tokens, draws = x[0].tolist(), draws + 1
+        assert (tokens, draws - 1) == (s.tokens, s.redraws)
+    # deterministic and independent of the batch
+    for batch in (1, 3):
+        again = sample(model, cfg, 6, batch, SW.BOS, SW.MASK)
+        assert [(s.tokens, s.redraws) for s in again] == [(s.tokens, s.redraws) for s in drawn]
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_retry_low_entropy_changes_nothing_where_the_rule_never_fails():
+    for model, length in ((SW(264, "never_bad"), 264), (SW(256, "always_bad"), 256)):
+        base = {**RETRY, "length": length}  # at L = 256 BD3-LM never checks
+        on = sample(model, SamplerConfig(**base, retry_low_entropy=True), 3, 3, SW.BOS, SW.MASK)
+        off = sample(model, SamplerConfig(**base), 3, 3, SW.BOS, SW.MASK)
+        assert [s.stage_tokens for s in on] == [s.stage_tokens for s in off]
+        assert [s.redraws for s in on] == [0, 0, 0]
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_retry_low_entropy_gives_up_after_ten_draws():
+    model = SW(264, "always_bad")
+    cfg = SamplerConfig(**RETRY, retry_low_entropy=True)
+    with pytest.raises(DindError, match="sample 0: 10 stage-1 drafts") as e:
+        sample(model, cfg, 1, 1, SW.BOS, SW.MASK)
+    assert "\n" not in str(e.value)
+    # ten whole drafts (263 first-hitting calls and 65 cache-filling passes each), no more
+    assert model.calls == 10 * (263 + 264 // 4 - 1)
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_retry_low_entropy_checks_stage_1_and_carries_through_drafts():
+    model = SW(264)
+    common = dict(length=264, top_p=1.0, seed=4, retry_low_entropy=True)
+    full_cfg = SamplerConfig(stages=(4, 264), remask=(0.5,), **common)
+    full = sample(model, full_cfg, 6, 6, SW.BOS, SW.MASK)
+    drafts = sample(model, SamplerConfig(stages=(4,), **common), 6, 4, SW.BOS, SW.MASK)
+    refined = sample(model, full_cfg, 6, 2, SW.BOS, SW.MASK, drafts=drafts)
+    assert [(s.stage_tokens, s.redraws) for s in refined] == [
+        (s.stage_tokens, s.redraws) for s in full
+    ]
+    assert [s.redraws for s in full] == [d.redraws for d in drafts]
+    assert any(s.redraws > 0 for s in full)
+    assert not any(bd3lm_rule_by_hand(s.stage_tokens[0], 4) for s in full)
+    plain = sample(model, SamplerConfig(stages=(4,), length=264, top_p=1.0, seed=4), 6, 6,
+                   SW.BOS, SW.MASK)  # fmt: skip
+    with pytest.raises(DindError, match="disagree on low-entropy redraws"):
+        sample(model, full_cfg, 6, 6, SW.BOS, SW.MASK, drafts=plain)
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_sample_record_carries_redraws_only_when_asked():
+    tok = SimpleNamespace(decode=lambda ids: " ".join(map(str, ids)))
+    cfg = SamplerConfig(**RETRY)
+    (s,) = sample(SW(264, "never_bad"), cfg, 1, 1, SW.BOS, SW.MASK)
+    assert "redraws" not in sample_record(s, tok, cfg)
+    on = SamplerConfig(**RETRY, retry_low_entropy=True)
+    (s,) = sample(SW(264), on, 1, 1, SW.BOS, SW.MASK)
+    assert sample_record(s, tok, on)["redraws"] == s.redraws

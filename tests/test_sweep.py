@@ -275,3 +275,48 @@ def test_summary_statistics_by_brute_force():
     assert two["gen_ppl_min"] == 8.0 and two["gen_ppl_max"] == 25.0
     assert two["delta_vs_stage1"] == pytest.approx(((8 - 10) + (25 - 20) + (20 - 30)) / 3)
     assert two["better_than_stage1_seeds"] == "2/3" and two["nfe_mean"] == 40
+
+
+class CountJudge:
+    """Each word costs one nat: a judge with a known answer and no model."""
+
+    name = "count"
+
+    def score(self, text: str):
+        from dind.judges import JudgeScore
+
+        words = text.split()
+        return JudgeScore(float(len(words)), len(words), [hash(w) % 1000 for w in words])
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_sweep_retry_low_entropy_redraws_the_shared_drafts(tmp_path):
+    from types import SimpleNamespace
+
+    from helpers import SwitchDenoiser as SW
+
+    tok = SimpleNamespace(bos_id=SW.BOS, mask_id=SW.MASK,
+                          decode=lambda ids: " ".join(map(str, ids)))  # fmt: skip
+    model = SW(264)
+    rows_by = {}
+    for retry in (False, True):
+        opts = SweepOptions(seeds=(2,), num_samples=4, batch_size=4, progress=False,
+                            retry_low_entropy=retry)  # fmt: skip
+        settings = sweep.gamma_settings(264, (0.5,), (264,), opts)
+        folder = tmp_path / f"retry_{retry}"
+        rows_by[retry] = sweep.draw_and_judge(model, tok, settings, opts, CountJudge(), folder)
+        drafts = _jsonl(folder / "stage_1_block_4_seed2.jsonl")
+        refined = _jsonl(folder / "block_264_gamma_0_5_seed2.jsonl")
+        assert [r["stage_tokens"][0] for r in refined] == [d["stage_tokens"][0] for d in drafts]
+        if retry:
+            assert [r["redraws"] for r in refined] == [d["redraws"] for d in drafts]
+            assert sum(d["redraws"] for d in drafts) > 0  # the mock degenerates often
+            assert all(r["redraws"] == sum(d["redraws"] for d in drafts)
+                       for r in rows_by[retry])  # fmt: skip
+            from dind.evaluate import bd3lm_rejects
+
+            assert not any(bd3lm_rejects(d["stage_tokens"][0], 4) for d in drafts)
+        else:
+            assert all("redraws" not in d for d in drafts + refined)
+            assert all("redraws" not in r for r in rows_by[retry])
+    assert [r["setting"] for r in rows_by[True]] == [r["setting"] for r in rows_by[False]]

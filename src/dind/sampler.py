@@ -7,6 +7,18 @@ whole sequence. Inside every stage earlier blocks are clean context through an e
 (one cache-filling pass per finished block, counted apart from NFEs), and tokens that are not
 masked stay fixed. The sampler owns the cache and the per-sample random generators; the
 in-block samplers live in ``dind.denoise``, the remasking policies in ``dind.remask``.
+
+Low-entropy redraws (``retry_low_entropy``, off by default: no sample is ever dropped):
+BD3-LM's protocol, opt-in. BD3-LM's sampler is one stage, so the rule
+(``dind.evaluate.bd3lm_rejects``) judges the stage-1 draft: a draft that fails it is drawn
+again from all-masked, at most ``MAX_DRAWS`` draws in all, as in BD3-LM's ``_sample`` (whose
+loop raises once a tenth draw has failed). Later stages refine the accepted draft and are not
+checked (``dind eval`` reports the rule on the final tokens). A redraw continues the sample's
+own generator, so it is deterministic and independent of the batch; a draft that passes at
+once is the draft drawn without the option. After ``MAX_DRAWS`` failed draws the run stops with
+a one-line error, as BD3-LM's does: a sample kept anyway would be one BD3-LM never reports.
+``nfe`` and ``cache_passes`` describe the kept draw; ``redraws`` says how many were thrown
+away, and ``seconds`` includes them.
 """
 
 from __future__ import annotations
@@ -30,6 +42,10 @@ from dind.denoise import (
     token_probs,
 )
 from dind.errors import DindError
+from dind.evaluate import BD3LM_ENTROPY_WINDOW, DEFAULT_ENTROPY_THRESHOLD, bd3lm_rejects
+
+MAX_DRAWS = 10
+"""Draws of one stage-1 draft under ``retry_low_entropy`` (BD3-LM's ``num_tries``)."""
 
 
 @dataclass
@@ -61,6 +77,9 @@ class SamplerConfig:
     """Snapshot confidence: the model's untruncated probability, or "nucleus"."""
     seed: int = 0
     """Sample i draws from its own generator seeded from (seed, i)."""
+    retry_low_entropy: bool = False
+    """BD3-LM's protocol: redraw a stage-1 draft that fails its low-entropy rule (module
+    docstring), at most ``MAX_DRAWS`` draws."""
 
     def __post_init__(self) -> None:
         self.stages = tuple(int(b) for b in self.stages)
@@ -107,6 +126,8 @@ class Sample:
     nfe: list[int] = field(default_factory=list)
     cache_passes: list[int] = field(default_factory=list)
     seconds: list[float] = field(default_factory=list)
+    redraws: int | None = None
+    """Stage-1 drafts thrown away by ``retry_low_entropy``; None when the option is off."""
     rng_state: Tensor | None = field(default=None, repr=False)
     """The sample's generator state after its last stage (not saved): lets ``refine`` go on
     from this point exactly as one longer ``sample`` call would have."""
@@ -185,6 +206,7 @@ def sample_batch(
         x[:, : len(prefix)] = torch.tensor(prefix, device=device)
         conf = torch.zeros(B, L, dtype=torch.float64, device=device)
         conf[:, : len(prefix)] = 1.0  # BOS and prompt: given, never remasked
+        blank = (x.clone(), conf.clone())  # where a redrawn draft starts again
         samples = [Sample(i, s) for i, s in zip(indices, seeds, strict=True)]
     else:
         first = _check_drafts(drafts, indices, seeds, cfg)
@@ -213,6 +235,11 @@ def sample_batch(
             for r, pos in enumerate(chosen):
                 x[r, pos.to(device)] = mask_id
         nfe, passes = run_stage(model, x, conf, block_size, settings, generators, cfg.kv_cache)
+        if k == 0 and cfg.retry_low_entropy:
+            redraws = _redraw_low_entropy(model, x, conf, blank, nfe, passes, block_size,
+                                          settings, generators, cfg.kv_cache, indices)  # fmt: skip
+            for s, n in zip(samples, redraws, strict=True):
+                s.redraws = n
         seconds = (time.perf_counter() - t0) / B  # the batch's time, shared equally
         tokens, confidences = x.tolist(), conf.tolist()
         for r, s in enumerate(samples):
@@ -226,6 +253,37 @@ def sample_batch(
     return samples
 
 
+def _redraw_low_entropy(
+    model: torch.nn.Module, x: Tensor, conf: Tensor, blank: tuple[Tensor, Tensor], nfe: Tensor,
+    passes: Tensor, block_size: int, settings: DenoiseSettings,
+    generators: list[torch.Generator], use_cache: bool, indices: list[int],
+) -> list[int]:  # fmt: skip
+    """Draw stage 1 again, in place, for every row whose draft fails BD3-LM's rule, until all
+    pass; returns the redraws per row. Only the failing rows are redrawn, each from its own
+    generator, so a row's result does not depend on the others."""
+    redraws = [0] * x.shape[0]
+    failing = [r for r in range(x.shape[0]) if bd3lm_rejects(x[r].tolist(), block_size)]
+    while failing:
+        spent = [r for r in failing if redraws[r] + 1 == MAX_DRAWS]
+        if spent:
+            raise DindError(
+                f"sample {indices[spent[0]]}: {MAX_DRAWS} stage-1 drafts in a row had a "
+                f"{BD3LM_ENTROPY_WINDOW}-token window below {DEFAULT_ENTROPY_THRESHOLD:g} nats "
+                "of unigram entropy (BD3-LM's limit); the model degenerates: drop "
+                "--retry-low-entropy to keep such samples"
+            )
+        rows = torch.tensor(failing, device=x.device)
+        xs, cs = blank[0][rows], blank[1][rows]  # fresh copies (advanced indexing)
+        n, p = run_stage(model, xs, cs, block_size, settings, [generators[r] for r in failing],
+                         use_cache)  # fmt: skip
+        x[rows], conf[rows] = xs, cs
+        nfe[rows.cpu()], passes[rows.cpu()] = n, p  # the kept draw's counts
+        for r in failing:
+            redraws[r] += 1
+        failing = [r for r in failing if bd3lm_rejects(x[r].tolist(), block_size)]
+    return redraws
+
+
 def _check_drafts(drafts: list[Sample], indices: list[int], seeds: list[int], cfg) -> int:
     """How many stages the drafts have done; a one-line error where they cannot be continued."""
     done = {len(d.stage_tokens) for d in drafts}
@@ -235,6 +293,8 @@ def _check_drafts(drafts: list[Sample], indices: list[int], seeds: list[int], cf
         raise DindError("drafts were drawn with other sample indices or another seed")
     if any(d.rng_state is None or len(d.tokens) != cfg.length for d in drafts):
         raise DindError("drafts must come from this session's sampler at the same length")
+    if any((d.redraws is not None) != cfg.retry_low_entropy for d in drafts):
+        raise DindError("drafts and this run disagree on low-entropy redraws")
     return first
 
 
@@ -319,6 +379,8 @@ def sample_record(s: Sample, tokenizer, cfg: SamplerConfig) -> dict:
         "nfe": s.nfe,
         "cache_passes": s.cache_passes,
         "seconds": s.seconds,
+        # only with retry_low_entropy, so a file drawn without it is as before
+        **({} if s.redraws is None else {"redraws": s.redraws}),
     }
 
 

@@ -18,6 +18,10 @@ Design choices:
 - Settings that share a stage 1 share its drafts: the refinement goes on from them, which is
   exactly what one multi-stage call would have drawn (``dind.sampler.sample_batch``), so a
   gamma sweep pays for one draft per seed plus the refinement passes.
+- ``SweepOptions.retry_low_entropy`` (BD3-LM's redraws, ``dind.sampler``) applies to every
+  setting's stage 1; the shared drafts are the accepted ones, so every setting refines the
+  same drafts and the sample files carry their ``redraws``. ``judge_max_tokens`` cuts what the
+  judge scores (``dind.judges``).
 - Outputs: ``<kind>_seeds.csv``, ``<kind>.csv``, ``<kind>.png`` and ``<kind>.json`` in the
   output folder, and the samples of each (setting, seed) under ``samples/``, each written
   atomically.
@@ -74,6 +78,10 @@ class SweepOptions:
     """Stage-1 block size (the draft)."""
     save_samples: bool = True
     progress: bool = True
+    retry_low_entropy: bool = False
+    """Redraw stage-1 drafts by BD3-LM's low-entropy rule (``dind.sampler``)."""
+    judge_max_tokens: int | None = None
+    """Cut the judge's input to this many ids, BOS included (``dind.judges``)."""
 
     def check(self) -> None:
         if not self.seeds:
@@ -112,9 +120,12 @@ def parse_size(text: str, L: int) -> int:
 
 
 def _setting(name: str, series: str, x: float | None, opts: SweepOptions, **kwargs) -> Setting:
-    """A setting whose sampler takes the sweep's top-p and nucleus rule unless it sets them."""
+    """A setting whose sampler takes the sweep's top-p, nucleus rule and redraw protocol unless
+    it sets them."""
+    shared = {"top_p": opts.top_p, "nucleus": opts.nucleus,
+              "retry_low_entropy": opts.retry_low_entropy}  # fmt: skip
     try:
-        sampler = SamplerConfig(**{"top_p": opts.top_p, "nucleus": opts.nucleus, **kwargs})
+        sampler = SamplerConfig(**{**shared, **kwargs})
     except DindError as e:
         raise DindError(f"setting '{name}': {e}") from None
     return Setting(name, series, x, sampler)
@@ -206,7 +217,7 @@ def check_unique(settings: list[Setting]) -> None:
 
 def _stage1_key(cfg: SamplerConfig) -> tuple:
     return (cfg.stages[0], cfg.length, cfg.top_p, cfg.nucleus, cfg.sampler, cfg.steps,
-            cfg.confidence, cfg.kv_cache, cfg.seed)  # fmt: skip
+            cfg.confidence, cfg.kv_cache, cfg.seed, cfg.retry_low_entropy)  # fmt: skip
 
 
 def slug(text: str) -> str:
@@ -250,6 +261,8 @@ def draw_and_judge(
             "entropy": a["entropy_mean"], "nfe": a["nfe_mean"], "seconds": a["seconds_mean"],
             "n_samples": a["n_samples"],
         })  # fmt: skip
+        if opts.retry_low_entropy:  # a column only when asked for: default CSVs are unchanged
+            rows[-1]["redraws"] = sum(s.redraws for s in drawn)
     return rows
 
 
@@ -524,18 +537,24 @@ def run_sampling_sweep(
         raise DindError(f"length {length} must be in 1..{model_len}, the model's length")
     settings = build(L)
     check_unique(settings)
-    judge = load_judge(opts.judge, _device())
+    judge = load_judge(opts.judge, _device(), opts.judge_max_tokens)
     ck = load_checkpoint(checkpoint, _device())
     samples_dir = out / "samples" / kind if opts.save_samples else None
     rows = draw_and_judge(ck.model, ck.tokenizer, settings, opts, judge, samples_dir, kind)
     # every grid starts with its stage-1 setting; top-p's stage-1 rows differ in top-p
     reference = None if kind == "topp" else settings[0].name
     meta = {"checkpoint": str(checkpoint), "length": L, "judge": judge.name,
-            "seeds": list(opts.seeds), "num_samples": opts.num_samples,
+            "seeds": list(opts.seeds), "num_samples": opts.num_samples, **_protocol(opts),
             "settings": [{"name": s.name, "series": s.series, "x": s.x,
                           "sampler": dataclasses.asdict(s.sampler)} for s in settings]}  # fmt: skip
     plot = {"gamma": plot_gamma, "policy": plot_policy, "nfe": plot_nfe, "topp": plot_topp}[kind]
     return finish(kind, out, rows, meta, plot, reference)
+
+
+def _protocol(opts: SweepOptions) -> dict[str, Any]:
+    """The evaluation options a sweep's JSON records beside its settings."""
+    return {"retry_low_entropy": opts.retry_low_entropy,
+            "judge_max_tokens": opts.judge_max_tokens}  # fmt: skip
 
 
 def _device() -> str:
@@ -626,7 +645,7 @@ def run_mix_sweep(
     settings = [stage1_setting(L, opts),
                 _setting(f"two stages (block {L}, gamma {gamma:g})", "two stages", None, opts,
                          stages=(opts.stage1, L), remask=(gamma,), length=L)]  # fmt: skip
-    judge = load_judge(opts.judge, _device())
+    judge = load_judge(opts.judge, _device(), opts.judge_max_tokens)
 
     def run_for(dist: BlockSizeDistribution, n: int) -> RunConfig:
         warmup = min(base.train.warmup_steps, max(n // 10, 1))
@@ -662,7 +681,7 @@ def run_mix_sweep(
                          "x": 1 if r["series"] == STAGE1 else 2, **nelbo})  # fmt: skip
     meta = {"init_from": init_from, "pretrain_steps": pretrain_steps, "steps": steps,
             "length": L, "judge": judge.name, "seeds": list(opts.seeds),
-            "num_samples": opts.num_samples, "gamma": gamma,
+            "num_samples": opts.num_samples, "gamma": gamma, **_protocol(opts),
             "mixes": [{"name": m.name, "block_sizes": list(m.dist.block_sizes),
                        "probs": list(m.dist.probs)} for m in parsed]}  # fmt: skip
     # each mix's two-stage row is compared with that mix's own stage-1 row, seed by seed
