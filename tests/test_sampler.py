@@ -267,6 +267,14 @@ def test_trained_model_samples_end_to_end(trained_run):
         (["--stages", "4,32", "--remask", "0.5,0.5"], "remask ratio"),
         (["--stages", "5"], "do not divide"),
         (["--prompt", "the king " * 40], "does not fit"),
+        (["--length", "0"], "length must be positive, got 0"),
+        (["--length", "-32"], "length must be positive"),
+        (["--length", "66"], "do not divide the length 66"),
+        (["--length", "64", "--window-stride", "0"], "window stride must be positive"),
+        (
+            ["--length", "64", "--stages", "4,64", "--remask", "0.5", "--window-stride", "33"],
+            "window stride 33 exceeds the model's context 32",
+        ),
     ],
 )
 def test_cli_bad_sampling_input(trained_run, args, msg):
@@ -287,6 +295,19 @@ def test_cli_bad_sampling_input(trained_run, args, msg):
     lines = [x for x in res.stderr.splitlines() if x.strip()]
     assert len(lines) == 1 and msg in lines[0], res.stderr
     assert not out.exists() and not list(trained_run.glob(".bad.jsonl*"))
+
+
+def test_cli_samples_past_the_context(trained_run):
+    """A 32-token model drafts and refines 128 tokens (a sliding window, then windows)."""
+    out = trained_run / "long.jsonl"
+    res = _cli("sample", "--checkpoint", str(trained_run / "run"), "--out", str(out),
+               "--stages", "4,128", "--remask", "0.25", "--num-samples", "2", "--batch-size", "2",
+               "--length", "128", "--window-stride", "16", "--no-progress",
+               cache=trained_run / "cache")  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    for r in (json.loads(line) for line in out.read_text().splitlines()):
+        assert [len(t) for t in r["stage_tokens"]] == [128, 128] and len(r["remasked"][1]) == 32
+        assert 300 not in r["stage_tokens"][1] and r["nfe"] == [127, 32]  # 300: the mask
 
 
 def test_cli_checkpoint_without_tokenizer(trained_run, tmp_path):

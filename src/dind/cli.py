@@ -119,7 +119,16 @@ def sample(
     remask_policy: Annotated[str, typer.Option(help="snapshot | posthoc | random")] = "snapshot",
     num_samples: Annotated[int, typer.Option(help="Sequences to draw.")] = 4,
     batch_size: Annotated[int, typer.Option(help="Sequences per batch.")] = 4,
-    length: Annotated[int | None, typer.Option(help="L (default: the model's).")] = None,
+    length: Annotated[
+        int | None, typer.Option(help="L (default: the model's; longer slides a window).")
+    ] = None,
+    window_stride: Annotated[
+        int | None,
+        typer.Option(
+            help="Past the context: step between the windows of a block >= the "
+            "context (default context/2; the context: no overlap)."
+        ),
+    ] = None,
     top_p: Annotated[float, typer.Option(help="Nucleus mass.")] = 0.9,
     seed: Annotated[int, typer.Option()] = 0,
     sampler: Annotated[str, typer.Option(help="first_hitting | ancestral")] = "first_hitting",
@@ -139,9 +148,10 @@ def sample(
     ratios = _parse_list(remask, float, "--remask") if remask else ()
     ck = load_checkpoint(checkpoint, "cuda" if _cuda() else "cpu")
     cfg = SamplerConfig(stages=block_sizes, remask=ratios, remask_policy=remask_policy,
-                        length=length or ck.run_config.model.seq_len, top_p=top_p,
-                        sampler=sampler, steps=steps, kv_cache=kv_cache,
-                        confidence=confidence, seed=seed)  # fmt: skip
+                        length=ck.run_config.model.seq_len if length is None else length,
+                        top_p=top_p, sampler=sampler, steps=steps, kv_cache=kv_cache,
+                        confidence=confidence, seed=seed,
+                        window_stride=window_stride)  # fmt: skip
     tok = ck.tokenizer
     prompt_ids = tok.encode(prompt) if prompt else None
     samples = run_sample(ck.model, cfg, num_samples, batch_size, tok.bos_id, tok.mask_id,
@@ -336,18 +346,24 @@ OutOpt = Annotated[Path, typer.Option(help="Folder for the CSVs, PNG, JSON and s
 Stage1Opt = Annotated[int, typer.Option(help="Stage-1 (draft) block size.")]
 BatchOpt = Annotated[int, typer.Option(help="Sequences per batch.")]
 TopPOpt = Annotated[float, typer.Option(help="Nucleus mass.")]
-LengthOpt = Annotated[int | None, typer.Option(help="L (default: the model's).")]
+LengthOpt = Annotated[
+    int | None, typer.Option(help="L (default: the model's; longer slides a window).")
+]
+StrideOpt = Annotated[
+    int | None, typer.Option(help="Window stride past the context (default context/2).")
+]
 ProgressOpt = Annotated[bool, typer.Option(help="Show progress bars.")]
 BlockOpt = Annotated[str, typer.Option(help="Stage-2 block size (L allowed).")]
 GammaOpt = Annotated[float, typer.Option(help="Remask ratio.")]
 
 
-def _sweep_options(seeds, num_samples, batch_size, judge, top_p, stage1, progress):
+def _sweep_options(seeds, num_samples, batch_size, judge, top_p, stage1, progress,
+                   window_stride=None):  # fmt: skip
     from dind.sweep import SweepOptions
 
     return SweepOptions(seeds=_parse_list(seeds, int, "--seeds"), num_samples=num_samples,
                         batch_size=batch_size, judge=judge, top_p=top_p, stage1=stage1,
-                        progress=progress)  # fmt: skip
+                        progress=progress, window_stride=window_stride)  # fmt: skip
 
 
 def _report_sweep(result) -> None:
@@ -373,12 +389,15 @@ def sweep_gamma(
     top_p: TopPOpt = 0.9,
     stage1: Stage1Opt = 4,
     length: LengthOpt = None,
+    window_stride: StrideOpt = None,
     progress: ProgressOpt = True,
 ) -> None:
     """Figure 2: Gen PPL against gamma for several stage-2 block sizes, stage 1 as reference."""
     from dind import sweep
 
-    opts = _sweep_options(seeds, num_samples, batch_size, judge, top_p, stage1, progress)
+    opts = _sweep_options(
+        seeds, num_samples, batch_size, judge, top_p, stage1, progress, window_stride
+    )
     ratios = _parse_list(gammas, float, "--gammas")
 
     def build(L):
@@ -401,12 +420,15 @@ def sweep_policy(
     top_p: TopPOpt = 0.9,
     stage1: Stage1Opt = 4,
     length: LengthOpt = None,
+    window_stride: StrideOpt = None,
     progress: ProgressOpt = True,
 ) -> None:
     """Table 2: snapshot, post-hoc and random remasking at one (block size, gamma)."""
     from dind import sweep
 
-    opts = _sweep_options(seeds, num_samples, batch_size, judge, top_p, stage1, progress)
+    opts = _sweep_options(
+        seeds, num_samples, batch_size, judge, top_p, stage1, progress, window_stride
+    )
     names = _parse_list(policies, str, "--policies")
 
     def build(L):
@@ -431,12 +453,15 @@ def sweep_nfe(
     top_p: TopPOpt = 0.9,
     stage1: Stage1Opt = 4,
     length: LengthOpt = None,
+    window_stride: StrideOpt = None,
     progress: ProgressOpt = True,
 ) -> None:
     """The quality-against-NFE frontier: one stage against two stages."""
     from dind import sweep
 
-    opts = _sweep_options(seeds, num_samples, batch_size, judge, top_p, stage1, progress)
+    opts = _sweep_options(
+        seeds, num_samples, batch_size, judge, top_p, stage1, progress, window_stride
+    )
     ts = _parse_list(steps, int, "--steps")
     ratios = _parse_list(gammas, float, "--gammas")
 
@@ -459,12 +484,15 @@ def sweep_topp(
     judge: JudgeOpt = "smollm2",
     stage1: Stage1Opt = 4,
     length: LengthOpt = None,
+    window_stride: StrideOpt = None,
     progress: ProgressOpt = True,
 ) -> None:
     """The diversity control: stage 1 and two stages at each top-p, Gen PPL against entropy."""
     from dind import sweep
 
-    opts = _sweep_options(seeds, num_samples, batch_size, judge, 0.9, stage1, progress)
+    opts = _sweep_options(
+        seeds, num_samples, batch_size, judge, 0.9, stage1, progress, window_stride
+    )
     ps = _parse_list(top_ps, float, "--top-ps")
 
     def build(L):

@@ -69,6 +69,8 @@ class SweepOptions:
     top_p: float = 0.9
     stage1: int = 4
     """Stage-1 block size (the draft)."""
+    window_stride: int | None = None
+    """Every setting's ``SamplerConfig.window_stride`` (used past the model's context)."""
     save_samples: bool = True
     progress: bool = True
 
@@ -79,6 +81,8 @@ class SweepOptions:
             raise DindError(f"the seed list repeats a seed: {list(self.seeds)}")
         if self.num_samples <= 0 or self.batch_size <= 0:
             raise DindError("num-samples and batch-size must be positive")
+        if self.window_stride is not None and self.window_stride <= 0:
+            raise DindError(f"window stride must be positive, got {self.window_stride}")
 
 
 # ----------------------------------------------------------------------------- grids
@@ -195,7 +199,7 @@ def check_unique(settings: list[Setting]) -> None:
 
 def _stage1_key(cfg: SamplerConfig) -> tuple:
     return (cfg.stages[0], cfg.length, cfg.top_p, cfg.sampler, cfg.steps, cfg.confidence,
-            cfg.kv_cache, cfg.seed)  # fmt: skip
+            cfg.kv_cache, cfg.seed, cfg.window_stride)  # fmt: skip
 
 
 def slug(text: str) -> str:
@@ -449,17 +453,20 @@ def run_sampling_sweep(
     build: Callable[[int], list[Setting]], length: int | None = None,
 ) -> SweepResult:  # fmt: skip
     """Build and check the grid, load the judge, then draw, judge and write (gamma, policy,
-    nfe). ``build`` makes the settings for the sequence length L; the first one is the
-    reference the others are compared with, seed by seed (stage 1 alone)."""
+    nfe). ``build`` makes the settings for the sequence length L (past the model's context
+    the sampler slides a window); the first one is the reference the others are compared
+    with, seed by seed (stage 1 alone)."""
     from dind.checkpoint import load_checkpoint, read_config, resolve
     from dind.judges import load_judge
+    from dind.sampler import check_window_stride
 
     opts.check()
     model_len = read_config(resolve(checkpoint)).model.seq_len
-    L = length or model_len
-    if length is not None and not 0 < length <= model_len:
-        raise DindError(f"length {length} must be in 1..{model_len}, the model's length")
-    settings = build(L)
+    L = model_len if length is None else length
+    if L <= 0:
+        raise DindError(f"length must be positive, got {L}")
+    check_window_stride(opts.window_stride, model_len)
+    settings = [_with_window_stride(s, opts.window_stride) for s in build(L)]
     check_unique(settings)
     judge = load_judge(opts.judge, _device())
     ck = load_checkpoint(checkpoint, _device())
@@ -473,6 +480,12 @@ def run_sampling_sweep(
                           "sampler": dataclasses.asdict(s.sampler)} for s in settings]}  # fmt: skip
     plot = {"gamma": plot_gamma, "policy": plot_policy, "nfe": plot_nfe, "topp": plot_topp}[kind]
     return finish(kind, out, rows, meta, plot, reference)
+
+
+def _with_window_stride(setting: Setting, stride: int | None) -> Setting:
+    return dataclasses.replace(
+        setting, sampler=dataclasses.replace(setting.sampler, window_stride=stride)
+    )
 
 
 def _device() -> str:
