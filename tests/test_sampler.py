@@ -1,3 +1,4 @@
+import dataclasses
 import json
 import math
 import os
@@ -23,11 +24,14 @@ class MockDenoiser(torch.nn.Module):
     """Logits are a fixed function of exactly the (token, position) pairs a query can see, so
     any mistake in which context a call gets changes the samples."""
 
-    def __init__(self, seq_len: int = 32, context_free: bool = False):
+    def __init__(self, seq_len: int = 32, context_free: bool = False, record: bool = False):
         super().__init__()
         self.config = SimpleNamespace(seq_len=seq_len)
         self.anchor = torch.nn.Parameter(torch.zeros(()))
         self.context_free = context_free
+        self.calls: list | None = [] if record else None
+        """With ``record``: per logit query of row 0, its position and the (token, position)
+        pairs it sees, in order (cache-filling passes, which want no logits, are left out)."""
 
     def new_kv_cache(self, batch_size, max_len=None, dtype=None):
         return KVCache(1, batch_size, 1, max_len or self.config.seq_len, 1, dtype=torch.float64)
@@ -42,6 +46,10 @@ class MockDenoiser(torch.nn.Module):
             k, v = kv_cache.write(0, k, v)
         toks, kpos = k[:, 0, :, 0], v[:, 0, :, 0]  # (B, S)
         vis = torch.ones(T, toks.shape[1], dtype=torch.bool) if mask is None else mask
+        if self.calls is not None and n_logits != 0:
+            for q in range(T) if logit_index is None else logit_index[0].tolist():
+                seen = torch.nonzero(vis[q]).flatten().tolist()
+                self.calls.append((int(pos[q]), [(int(toks[0, j]), int(kpos[0, j])) for j in seen]))
         feat = (vis.double() * ((toks + 1) * (kpos + 1))[:, None, :]).sum(-1)  # (B, T)
         if self.context_free:
             feat = torch.zeros_like(feat)
@@ -272,6 +280,14 @@ def test_cli_retry_low_entropy(trained_run):
         (["--stages", "5"], "do not divide"),
         (["--prompt", "the king " * 40], "does not fit"),
         (["--nucleus", "topk"], "nucleus rule must be one of"),
+        (["--length", "0"], "length must be positive, got 0"),
+        (["--length", "-32"], "length must be positive"),
+        (["--length", "66"], "do not divide the length 66"),
+        (["--length", "64", "--window-stride", "0"], "window stride must be positive"),
+        (
+            ["--length", "64", "--stages", "4,64", "--remask", "0.5", "--window-stride", "33"],
+            "window stride 33 exceeds the model's context 32",
+        ),
     ],
 )
 def test_cli_bad_sampling_input(trained_run, args, msg):
@@ -292,6 +308,19 @@ def test_cli_bad_sampling_input(trained_run, args, msg):
     lines = [x for x in res.stderr.splitlines() if x.strip()]
     assert len(lines) == 1 and msg in lines[0], res.stderr
     assert not out.exists() and not list(trained_run.glob(".bad.jsonl*"))
+
+
+def test_cli_samples_past_the_context(trained_run):
+    """A 32-token model drafts and refines 128 tokens (a sliding window, then windows)."""
+    out = trained_run / "long.jsonl"
+    res = _cli("sample", "--checkpoint", str(trained_run / "run"), "--out", str(out),
+               "--stages", "4,128", "--remask", "0.25", "--num-samples", "2", "--batch-size", "2",
+               "--length", "128", "--window-stride", "16", "--no-progress",
+               cache=trained_run / "cache")  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    for r in (json.loads(line) for line in out.read_text().splitlines()):
+        assert [len(t) for t in r["stage_tokens"]] == [128, 128] and len(r["remasked"][1]) == 32
+        assert 300 not in r["stage_tokens"][1] and r["nfe"] == [127, 32]  # 300: the mask
 
 
 def test_cli_checkpoint_without_tokenizer(trained_run, tmp_path):
@@ -390,7 +419,9 @@ def test_retry_low_entropy_redraws_continue_each_samples_generator():
         while tokens is None or bd3lm_rule_by_hand(tokens, 4):
             x = torch.full((1, 264), SW.MASK)
             x[0, 0] = SW.BOS
-            run_stage(model, x, torch.zeros(1, 264, dtype=torch.float64), 4, settings, [g], True)
+            run_stage(
+                model, x, torch.zeros(1, 264, dtype=torch.float64), 4, settings, [g], True, 264, 132
+            )  # within the context: one window of L
             tokens, draws = x[0].tolist(), draws + 1
         assert (tokens, draws - 1) == (s.tokens, s.redraws)
     # deterministic and independent of the batch
@@ -449,3 +480,131 @@ def test_sample_record_carries_redraws_only_when_asked():
     on = SamplerConfig(**RETRY, retry_low_entropy=True)
     (s,) = sample(SW(264), on, 1, 1, SW.BOS, SW.MASK)
     assert sample_record(s, tok, on)["redraws"] == s.redraws
+
+
+# ----------------------------------------------------------------------------- past the context
+
+
+def _windowed_spans(L: int, C: int, b: int, stride: int) -> list[tuple[int, int, int]]:
+    """(start, end, window start) of every span a stage denoises, written out by hand: blocks
+    seeing the last C positions up to their end, or windows of C ``stride`` apart."""
+    if b < C:
+        return [(a, a + b, max(0, a + b - C)) for a in range(0, L, b)]
+    starts = list(range(0, L - C, stride)) + [L - C]
+    return [(a, a + C, a) for a in starts]
+
+
+@pytest.mark.parametrize("kv_cache", [True, False])
+@pytest.mark.parametrize(
+    "stages,remask_ratios,stride",
+    [((2,), (), None), ((5,), (), None), ((3, 6, 36), (0.5, 0.5), 12), ((3, 36), (0.5,), 4),
+     ((2, 12), (0.75,), 5), ((4, 18), (0.5,), None)],
+)  # fmt: skip
+def test_each_denoiser_call_sees_exactly_its_window(kv_cache, stages, remask_ratios, stride):
+    """Brute force: replay every denoiser call of a sample at L = 3C and check the query's
+    position and the (token, rotary position) pairs it sees against the window of its span:
+    the tokens of that moment, positions counted from the window's start, block-causal."""
+    C, L = 12, 36 if 36 % stages[0] == 0 else 30
+    model = MockDenoiser(C, record=True)
+    cfg = SamplerConfig(stages=stages, remask=remask_ratios, length=L, seed=4,
+                        kv_cache=kv_cache, window_stride=stride)  # fmt: skip
+    (s,) = sample(model, cfg, 1, 1, BOS, MASK)
+    calls = iter(model.calls)
+    for k, b in enumerate(stages):
+        x = list(s.stage_tokens[k - 1]) if k else [BOS] + [MASK] * (L - 1)
+        for p in s.remasked[k]:
+            x[p] = MASK
+        final = s.stage_tokens[k]
+        for start, end, lo in _windowed_spans(L, C, b, stride or C // 2):
+            while MASK in x[start:end]:
+                q, seen = next(calls)
+                p = lo + q  # the position this call commits
+                assert start <= p < end and x[p] == MASK
+                assert seen == [(x[i], i - lo) for i in range(lo, end) if i // b <= p // b]
+                x[p] = final[p]
+        assert x == final
+    assert next(calls, None) is None
+
+
+def _random_tiny(tiny_cfg) -> DiT:
+    model = DiT(tiny_cfg).eval()
+    torch.nn.init.normal_(model.output_layer.linear.weight, std=0.5)
+    for blk in model.blocks:
+        torch.nn.init.normal_(blk.adaLN_modulation.weight, std=0.2)
+    return model
+
+
+@pytest.mark.parametrize(
+    "stages,remask_ratios,stride,policy",
+    [((4,), (), None, "snapshot"), ((4, 32), (0.5,), None, "snapshot"),
+     ((4, 32), (0.5,), 16, "posthoc"), ((4, 8, 32), (0.25, 0.5), 5, "snapshot"),
+     ((4, 16), (0.5,), 8, "random")],
+)  # fmt: skip
+def test_kv_cache_gives_the_tokens_of_recompute_past_the_context(
+    tiny_cfg, stages, remask_ratios, stride, policy
+):
+    """L = 2 x the context of a real model: the sliding window's cache, refilled when the
+    window moves, gives the tokens of recomputing the window on every call."""
+    model = _random_tiny(tiny_cfg)
+    common = dict(stages=stages, remask=remask_ratios, length=32, seed=2, window_stride=stride,
+                  remask_policy=policy)  # fmt: skip
+    a, b = (sample(model, SamplerConfig(**common, kv_cache=c), 2, 2, 31, 32) for c in (True, False))
+    for x, y in zip(a, b, strict=True):
+        assert x.stage_tokens == y.stage_tokens and x.remasked == y.remasked
+        assert torch.allclose(torch.tensor(x.snapshot_confidence),
+                              torch.tensor(y.snapshot_confidence), rtol=1e-4)  # fmt: skip
+        assert 32 not in x.tokens and len(x.tokens) == 32
+    assert a[0].cache_passes[0] > 0 and b[0].cache_passes[0] == 0
+
+
+def test_the_window_slides_only_past_the_context(tiny_cfg):
+    """The first C positions of a stage-1 draft of length 2C are the draft of length C (same
+    calls, same random draws): nothing changes until the sequence passes the context."""
+    model = _random_tiny(tiny_cfg)
+    for cache in (True, False):
+        short, long = (sample(model, SamplerConfig(stages=(4,), length=n, seed=9, kv_cache=cache),
+                              2, 2, 31, 32) for n in (16, 32))  # fmt: skip
+        for x, y in zip(short, long, strict=True):
+            assert y.tokens[:16] == x.tokens
+            assert y.snapshot_confidence[0][:16] == x.snapshot_confidence[0]
+
+
+@pytest.mark.parametrize("stages,remask_ratios", [((4,), ()), ((2, 8, 32), (0.25, 0.5))])
+def test_inside_the_context_the_window_changes_nothing(stages, remask_ratios):
+    """L = context: a model with a larger context, and any window stride, give the samples of
+    the model whose context is exactly L."""
+    base = dict(stages=stages, remask=remask_ratios, length=32, seed=3)
+    ref = run(SamplerConfig(**base), model=MockDenoiser(32))
+    for model, stride in ((MockDenoiser(128), None), (MockDenoiser(32), 1), (MockDenoiser(32), 32)):
+        other = run(SamplerConfig(**base, window_stride=stride), model=model)
+        assert [s.stage_tokens for s in other] == [s.stage_tokens for s in ref]
+        assert [s.cache_passes for s in other] == [s.cache_passes for s in ref]
+
+
+def test_window_walk_nfe_and_spans():
+    """A global stage past the context: one call per remasked token whatever the stride (the
+    overlap costs nothing with first-hitting); post-hoc scoring costs one call per window."""
+    L, C = 64, 16
+    for stride, windows in ((16, 4), (8, 7), (5, 11)):
+        cfg = SamplerConfig(stages=(4, L), remask=(0.5,), length=L, window_stride=stride)
+        for s in run(cfg, model=MockDenoiser(C)):
+            assert s.nfe == [L - 1, L // 2] and MASK not in s.tokens
+        posthoc = dataclasses.replace(cfg, remask_policy="posthoc")
+        assert all(s.nfe[1] == L // 2 + windows for s in run(posthoc, model=MockDenoiser(C)))
+
+
+@pytest.mark.parametrize(
+    "kwargs,msg",
+    [(dict(length=0), "length must be positive"), (dict(length=-8), "length must be positive"),
+     (dict(window_stride=0), "window stride must be positive"),
+     (dict(window_stride=-4), "window stride must be positive")],
+)  # fmt: skip
+def test_bad_length_or_window_stride(kwargs, msg):
+    with pytest.raises(DindError, match=msg):
+        SamplerConfig(**{"stages": (4,), "length": 32, **kwargs})
+
+
+def test_window_stride_above_the_context_is_an_error():
+    cfg = SamplerConfig(stages=(4, 64), remask=(0.5,), length=64, window_stride=17)
+    with pytest.raises(DindError, match="window stride 17 exceeds the model's context 16"):
+        run(cfg, model=MockDenoiser(16))

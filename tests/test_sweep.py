@@ -154,6 +154,23 @@ def test_topp_control_sweep(trained_run):
     assert _png_size(res.files["png"])[0] > 100
 
 
+def test_sampling_sweep_past_the_context(trained_run):
+    """--length above the model's context: L and L/k stay relative to the sampled length."""
+    opts = SweepOptions(seeds=(0,), num_samples=1, batch_size=1, progress=False,
+                        window_stride=16)  # fmt: skip
+
+    def build(L):
+        return sweep.policy_settings(L, 0.5, sweep.parse_size("L", L), ("snapshot",), opts)
+
+    out = trained_run / "long"
+    res = sweep.run_sampling_sweep("policy", str(trained_run / "run"), out, opts, build, 64)
+    record = json.loads(res.files["json"].read_text())
+    assert record["length"] == 64
+    assert [s["sampler"]["window_stride"] for s in record["settings"]] == [16, 16]
+    (refined,) = _jsonl(out / "samples" / "policy" / "snapshot_block_64_gamma_0_5_seed0.jsonl")
+    assert [len(t) for t in refined["stage_tokens"]] == [64, 64] and refined["nfe"] == [63, 32]
+
+
 def test_mix_sweep_end_to_end(trained_run):
     out = trained_run / "mix"
     corpus = trained_run / "corpus"
@@ -187,7 +204,10 @@ def test_mix_sweep_end_to_end(trained_run):
         (["nfe", "--steps", "0"], "setting 'stage 1, ancestral T=0 (block 4)': steps must"),
         (["gamma", "--seeds", "1,1"], "the seed list repeats a seed"),
         (["gamma", "--judge", "no-such-judge!"], "unknown judge"),
-        (["gamma", "--length", "64"], "length 64 must be in 1..32"),
+        (["gamma", "--length", "0"], "length must be positive, got 0"),
+        (["gamma", "--window-stride", "0"], "window stride must be positive, got 0"),
+        (["gamma", "--length", "64", "--window-stride", "33"],
+         "window stride 33 exceeds the model's context 32"),
         (["policy", "--block-size", "16,32"], "one block size expected, got '16,32'"),
         (["topp", "--top-ps", "0.9,1.5"], "setting 'stage 1, top-p 1.5': top-p must be in (0, 1]"),
         (["gamma", "--nucleus", "topk"], "setting 'stage 1 (block 4)': nucleus rule must be one"),

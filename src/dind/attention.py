@@ -49,6 +49,16 @@ def block_diff_mask(
     return _block_diff_predicate(q_idx, kv_idx, seq_len, block_size)  # (2L, 2L)
 
 
+def block_causal_mask(
+    end: int, block_size: int, device: torch.device | str | None = None, start: int = 0
+) -> Tensor:
+    """(T, T) M_BC over positions [start, end), T = end - start: a token sees its own block and
+    every earlier one, blocks counted from position 0 (the x_0 corner of ``block_diff_mask`` of
+    length ``end``, without building the rest; a window may start inside a block)."""
+    idx = end + torch.arange(start, end, device=device)  # x_0 indices in x_t ⊕ x_0
+    return _block_diff_predicate(idx[:, None], idx[None, :], end, block_size)
+
+
 def causal_mask(seq_len: int, device: torch.device | str | None = None) -> Tensor:
     """(L, L) lower-triangular mask for the autoregressive objective."""
     return torch.ones(seq_len, seq_len, dtype=torch.bool, device=device).tril()

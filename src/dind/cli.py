@@ -149,7 +149,16 @@ def sample(
     remask_policy: Annotated[str, typer.Option(help="snapshot | posthoc | random")] = "snapshot",
     num_samples: Annotated[int, typer.Option(help="Sequences to draw.")] = 4,
     batch_size: Annotated[int, typer.Option(help="Sequences per batch.")] = 4,
-    length: Annotated[int | None, typer.Option(help="L (default: the model's).")] = None,
+    length: Annotated[
+        int | None, typer.Option(help="L (default: the model's; longer slides a window).")
+    ] = None,
+    window_stride: Annotated[
+        int | None,
+        typer.Option(
+            help="Past the context: step between the windows of a block >= the "
+            "context (default context/2; the context: no overlap)."
+        ),
+    ] = None,
     top_p: Annotated[float, typer.Option(help="Nucleus mass.")] = 0.9,
     nucleus: Annotated[
         str, typer.Option(help="bd3lm (BD3-LM's nucleus, the paper's) | hf (one token more).")
@@ -181,10 +190,11 @@ def sample(
     ratios = _parse_list(remask, float, "--remask") if remask else ()
     ck = load_checkpoint(checkpoint, "cuda" if _cuda() else "cpu")
     cfg = SamplerConfig(stages=block_sizes, remask=ratios, remask_policy=remask_policy,
-                        length=length or ck.run_config.model.seq_len, top_p=top_p, nucleus=nucleus,
-                        sampler=sampler, steps=steps, kv_cache=kv_cache,
-                        confidence=confidence, seed=seed,
-                        retry_low_entropy=retry_low_entropy)  # fmt: skip
+                        length=ck.run_config.model.seq_len if length is None else length,
+                        top_p=top_p, nucleus=nucleus, sampler=sampler, steps=steps,
+                        kv_cache=kv_cache, confidence=confidence, seed=seed,
+                        retry_low_entropy=retry_low_entropy,
+                        window_stride=window_stride)  # fmt: skip
     tok = ck.tokenizer
     prompt_ids = tok.encode(prompt) if prompt else None
     samples = run_sample(ck.model, cfg, num_samples, batch_size, tok.bos_id, tok.mask_id,
@@ -393,7 +403,12 @@ Stage1Opt = Annotated[int, typer.Option(help="Stage-1 (draft) block size.")]
 BatchOpt = Annotated[int, typer.Option(help="Sequences per batch.")]
 TopPOpt = Annotated[float, typer.Option(help="Nucleus mass.")]
 NucleusOpt = Annotated[str, typer.Option(help="Nucleus rule: bd3lm (BD3-LM's) | hf.")]
-LengthOpt = Annotated[int | None, typer.Option(help="L (default: the model's).")]
+LengthOpt = Annotated[
+    int | None, typer.Option(help="L (default: the model's; longer slides a window).")
+]
+StrideOpt = Annotated[
+    int | None, typer.Option(help="Window stride past the context (default context/2).")
+]
 ProgressOpt = Annotated[bool, typer.Option(help="Show progress bars.")]
 BlockOpt = Annotated[str, typer.Option(help="Stage-2 block size (L allowed).")]
 GammaOpt = Annotated[float, typer.Option(help="Remask ratio.")]
@@ -407,13 +422,14 @@ JudgeMaxOpt = Annotated[
 
 
 def _sweep_options(seeds, num_samples, batch_size, judge, top_p, nucleus, stage1, progress,
-                   retry_low_entropy, judge_max_tokens):  # fmt: skip
+                   retry_low_entropy, judge_max_tokens, window_stride=None):  # fmt: skip
     from dind.sweep import SweepOptions
 
     return SweepOptions(seeds=_parse_list(seeds, int, "--seeds"), num_samples=num_samples,
                         batch_size=batch_size, judge=judge, top_p=top_p, nucleus=nucleus,
                         stage1=stage1, progress=progress, retry_low_entropy=retry_low_entropy,
-                        judge_max_tokens=judge_max_tokens)  # fmt: skip
+                        judge_max_tokens=judge_max_tokens,
+                        window_stride=window_stride)  # fmt: skip
 
 
 def _report_sweep(result) -> None:
@@ -440,6 +456,7 @@ def sweep_gamma(
     nucleus: NucleusOpt = "bd3lm",
     stage1: Stage1Opt = 4,
     length: LengthOpt = None,
+    window_stride: StrideOpt = None,
     progress: ProgressOpt = True,
     retry_low_entropy: RetryOpt = False,
     judge_max_tokens: JudgeMaxOpt = None,
@@ -448,7 +465,7 @@ def sweep_gamma(
     from dind import sweep
 
     opts = _sweep_options(seeds, num_samples, batch_size, judge, top_p, nucleus, stage1, progress,
-                          retry_low_entropy, judge_max_tokens)  # fmt: skip
+                          retry_low_entropy, judge_max_tokens, window_stride)  # fmt: skip
     ratios = _parse_list(gammas, float, "--gammas")
 
     def build(L):
@@ -472,6 +489,7 @@ def sweep_policy(
     nucleus: NucleusOpt = "bd3lm",
     stage1: Stage1Opt = 4,
     length: LengthOpt = None,
+    window_stride: StrideOpt = None,
     progress: ProgressOpt = True,
     retry_low_entropy: RetryOpt = False,
     judge_max_tokens: JudgeMaxOpt = None,
@@ -480,7 +498,7 @@ def sweep_policy(
     from dind import sweep
 
     opts = _sweep_options(seeds, num_samples, batch_size, judge, top_p, nucleus, stage1, progress,
-                          retry_low_entropy, judge_max_tokens)  # fmt: skip
+                          retry_low_entropy, judge_max_tokens, window_stride)  # fmt: skip
     names = _parse_list(policies, str, "--policies")
 
     def build(L):
@@ -506,6 +524,7 @@ def sweep_nfe(
     nucleus: NucleusOpt = "bd3lm",
     stage1: Stage1Opt = 4,
     length: LengthOpt = None,
+    window_stride: StrideOpt = None,
     progress: ProgressOpt = True,
     retry_low_entropy: RetryOpt = False,
     judge_max_tokens: JudgeMaxOpt = None,
@@ -514,7 +533,7 @@ def sweep_nfe(
     from dind import sweep
 
     opts = _sweep_options(seeds, num_samples, batch_size, judge, top_p, nucleus, stage1, progress,
-                          retry_low_entropy, judge_max_tokens)  # fmt: skip
+                          retry_low_entropy, judge_max_tokens, window_stride)  # fmt: skip
     ts = _parse_list(steps, int, "--steps")
     ratios = _parse_list(gammas, float, "--gammas")
 
@@ -540,6 +559,7 @@ def sweep_topp(
     nucleus: NucleusOpt = "bd3lm",
     stage1: Stage1Opt = 4,
     length: LengthOpt = None,
+    window_stride: StrideOpt = None,
     progress: ProgressOpt = True,
     retry_low_entropy: RetryOpt = False,
     judge_max_tokens: JudgeMaxOpt = None,
@@ -549,7 +569,7 @@ def sweep_topp(
     from dind import sweep
 
     opts = _sweep_options(seeds, num_samples, batch_size, judge, 0.9, nucleus, stage1, progress,
-                          retry_low_entropy, judge_max_tokens)  # fmt: skip
+                          retry_low_entropy, judge_max_tokens, window_stride)  # fmt: skip
     ps = _parse_list(top_ps, float, "--top-ps")
     ratios = _parse_list(gammas, float, "--gammas")
 

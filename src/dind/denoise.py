@@ -5,6 +5,11 @@ Design choices:
   cached clean prefix; without it, the whole prefix recomputed under the block-causal mask
   (clean blocks see only earlier clean blocks either way), which is what makes the two paths
   give the same tokens.
+- Past the model's context the view is a window: block [start, end) sees [end - C, end) of
+  the sequence (C the context), with rotary positions counted from the window's start, as
+  BD3-LM's sliding window does. A clean token's keys depend on where its window starts, so
+  when the window slides the cache is refilled with the new window's clean part in one pass
+  (``seek``): recomputing that window without a cache gives the same tokens.
 - Randomness is per sample: row r draws its positions and its Gumbel noise from its own
   ``torch.Generator``, so sample i is the same whatever the batch it is drawn in.
 - Nucleus (top-p) sampling draws with the exponential/Gumbel trick in float64 (BD3-LM found
@@ -29,43 +34,66 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from dind.attention import block_diff_mask
+from dind.attention import block_causal_mask
 from dind.kv_cache import KVCache
 from dind.model import NEG_INF
 
 
-def block_causal_mask(seq_len: int, block_size: int, device=None) -> Tensor:
-    """(L, L) M_BC: a token sees its own block and every earlier block."""
-    return block_diff_mask(seq_len, block_size, device)[seq_len:, seq_len:]
-
-
 @dataclass
 class BlockView:
-    """How the denoiser sees block [start, end) of ``x`` at one stage."""
+    """How the denoiser sees block [start, end) of ``x`` at one stage: the window
+    [max(0, end - context), end), block-causal, rotary positions counted from its start."""
 
     model: torch.nn.Module
     block_size: int
-    cache: KVCache | None  # None: recompute the prefix on every call
+    cache: KVCache | None  # None: recompute the window on every call
+    context: int | None = None  # the model's window; None: the whole sequence fits
+    held: tuple[int, int] = (0, 0)  # the positions whose keys/values the cache holds
+
+    def window_start(self, end: int) -> int:
+        return 0 if self.context is None else max(0, end - self.context)
 
     @torch.no_grad()
     def logits(self, x: Tensor, start: int, end: int, index: Tensor | None = None) -> Tensor:
         """(B, end - start, V) logits for the block, or (B, k, V) at block offsets ``index``."""
-        if self.cache is not None:
-            pos = torch.arange(start, end, device=x.device)
+        lo = self.window_start(end)
+        if self.cache is not None:  # the cache holds [lo, start): see ``seek``
+            pos = torch.arange(start - lo, end - lo, device=x.device)
             return self.model(x[:, start:end], positions=pos, kv_cache=self.cache,
                               logit_index=index)  # fmt: skip
-        mask = block_causal_mask(end, self.block_size, x.device)
+        mask = block_causal_mask(end, self.block_size, x.device, lo)  # (end - lo, end - lo)
         if index is not None:
-            return self.model(x[:, :end], mask=mask, logit_index=index + start)
-        return self.model(x[:, :end], mask=mask)[:, start:end]
+            return self.model(x[:, lo:end], mask=mask, logit_index=index + start - lo)
+        return self.model(x[:, lo:end], mask=mask)[:, start - lo : end - lo]
 
     @torch.no_grad()
-    def commit(self, x: Tensor, start: int, end: int) -> None:
-        """The cache-filling pass: store the finished block's keys and values."""
-        if self.cache is not None:
-            self.model(x[:, start:end], positions=torch.arange(start, end, device=x.device),
-                       kv_cache=self.cache, n_logits=0)  # fmt: skip
-            self.cache.advance(end - start)
+    def commit(self, x: Tensor, start: int, end: int) -> int:
+        """The cache-filling pass after block [start, end): append its keys and values while
+        the next block's window still starts at 0; returns the passes run (none once the
+        window slides: ``seek`` refills the cache for the next block that needs it)."""
+        if self.cache is None or self.window_start(end + self.block_size) > 0:
+            return 0
+        self.model(x[:, start:end], positions=torch.arange(start, end, device=x.device),
+                   kv_cache=self.cache, n_logits=0)  # fmt: skip
+        self.cache.advance(end - start)
+        self.held = (0, end)
+        return 1
+
+    @torch.no_grad()
+    def seek(self, x: Tensor, start: int, end: int) -> int:
+        """Make the cache hold block [start, end)'s clean context [lo, start): a no-op inside
+        the context; past it, one pass over that part of the window (a clean token's keys
+        depend on where its window starts). Returns the passes run."""
+        lo = self.window_start(end)
+        if self.cache is None or self.held == (lo, start):
+            return 0
+        self.cache.reset()
+        mask = block_causal_mask(start, self.block_size, x.device, lo)  # (start - lo, ...)
+        self.model(x[:, lo:start], positions=torch.arange(start - lo, device=x.device),
+                   mask=mask, kv_cache=self.cache, n_logits=0)  # fmt: skip
+        self.cache.advance(start - lo)
+        self.held = (lo, start)
+        return 1
 
 
 def token_probs(logits: Tensor, mask_id: int) -> Tensor:

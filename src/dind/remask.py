@@ -7,6 +7,8 @@ Policies:
   the whole sequence, unmasked, in one block (block size L, bidirectional), scored by the
   model's raw distribution at each position (mask token excluded, no SUBS override, which
   would give every visible token probability 1). That pass counts as one NFE of the stage.
+  Past the model's context it is one pass per window of the stage's window walk, each
+  token scored by the first window that holds it (as it is filled), one NFE per window.
 - ``random`` (baseline): a uniformly random subset, from the sample's own generator.
 
 BOS (position 0) and prompt tokens are never eligible. Ties in confidence go to the lower
@@ -40,7 +42,16 @@ def select(
 
 
 @torch.no_grad()
-def posthoc_scores(model: torch.nn.Module, x: Tensor, mask_id: int) -> Tensor:
-    """(B, L) probability of each token of the finished draft under one full forward pass."""
-    probs = token_probs(model(x), mask_id)  # (B, L, V), bidirectional over the whole draft
-    return probs.gather(-1, x[..., None]).squeeze(-1)
+def posthoc_scores(
+    model: torch.nn.Module, x: Tensor, mask_id: int, windows: list[tuple[int, int]]
+) -> Tensor:
+    """(B, L) probability of each token of the finished draft under bidirectional passes over
+    ``windows`` (ordered, covering [0, L): [(0, L)] is one full pass)."""
+    scores = torch.empty(x.shape, dtype=torch.float64, device=x.device)
+    done = 0
+    for lo, hi in windows:
+        probs = token_probs(model(x[:, lo:hi]), mask_id)  # (B, hi - lo, V)
+        p = probs.gather(-1, x[:, lo:hi, None]).squeeze(-1)  # (B, hi - lo)
+        scores[:, done:hi] = p[:, done - lo :]  # a token already scored keeps its first score
+        done = hi
+    return scores

@@ -4,9 +4,22 @@ Stage 1 drafts the sequence block by block with a small block size; stage k > 1 
 the floor(gamma_k * L) lowest-confidence tokens of stage k-1's output and walks the sequence
 with a larger block size, so a stage whose block size is L is one bidirectional pass over the
 whole sequence. Inside every stage earlier blocks are clean context through an exact KV cache
-(one cache-filling pass per finished block, counted apart from NFEs), and tokens that are not
-masked stay fixed. The sampler owns the cache and the per-sample random generators; the
-in-block samplers live in ``dind.denoise``, the remasking policies in ``dind.remask``.
+(one cache-filling pass per finished block, counted apart from NFEs; past the context, one
+refill per block the window moves to), and tokens that are not masked stay fixed. The
+sampler owns the cache and the per-sample random generators; the in-block samplers live in
+``dind.denoise``, the remasking policies in ``dind.remask``.
+
+Past the model's context C (L > C; nothing changes for L <= C):
+- A stage whose block size is below C walks its blocks as inside the context, each block
+  seeing the window of the last C positions that ends with it, as BD3-LM's sliding window
+  does (``dind.denoise.BlockView``: positions, and how the cache follows the window).
+- A stage whose block size is at least C cannot see a block at once: it walks windows of C
+  positions, ``window_stride`` apart (half the context by default, so every window after the
+  first sees C/2 filled tokens to its left; the context itself gives non-overlapping
+  windows), the last one ending at L. Each window is one pass (bidirectional inside each of
+  the stage's blocks: block L sees the whole window) that fills the positions of it that are
+  still masked; the next window sees them as context.
+- Snapshot confidence and remasking stay global: floor(gamma * L) of the whole sequence.
 
 Low-entropy redraws (``retry_low_entropy``, off by default: no sample is ever dropped):
 BD3-LM's protocol, opt-in. BD3-LM's sampler is one stage, so the rule
@@ -80,10 +93,17 @@ class SamplerConfig:
     retry_low_entropy: bool = False
     """BD3-LM's protocol: redraw a stage-1 draft that fails its low-entropy rule (module
     docstring), at most ``MAX_DRAWS`` draws."""
+    window_stride: int | None = None
+    """Past the model's context: the step between the windows of a stage whose block size is
+    at least the context, in 1..context (default: half the context)."""
 
     def __post_init__(self) -> None:
         self.stages = tuple(int(b) for b in self.stages)
         self.remask = tuple(float(g) for g in self.remask)
+        if self.length <= 0:
+            raise DindError(f"length must be positive, got {self.length}")
+        if self.window_stride is not None and self.window_stride <= 0:
+            raise DindError(f"window stride must be positive, got {self.window_stride}")
         if not self.stages:
             raise DindError("at least one stage is needed")
         if any(b <= 0 for b in self.stages):
@@ -150,6 +170,33 @@ def _prefix(length: int, bos_id: int, prompt: list[int] | None) -> list[int]:
     return prefix
 
 
+def model_context(model: torch.nn.Module) -> int | None:
+    """The model's sequence length (its context), or None for a model that does not say."""
+    return getattr(getattr(model, "config", None), "seq_len", None)
+
+
+def check_window_stride(stride: int | None, context: int) -> None:
+    if stride is not None and stride > context:
+        raise DindError(f"window stride {stride} exceeds the model's context {context}")
+
+
+def window_and_stride(model: torch.nn.Module, cfg: SamplerConfig) -> tuple[int, int]:
+    """The most positions a denoiser call sees (L, or the context past it) and the step of
+    the window walk; a one-line error for a stride the context cannot take."""
+    context = model_context(model) or cfg.length
+    check_window_stride(cfg.window_stride, context)
+    return min(context, cfg.length), cfg.window_stride or max(context // 2, 1)
+
+
+def stage_spans(length: int, block_size: int, window: int, stride: int) -> list[tuple[int, int]]:
+    """The spans a stage denoises, in order: its blocks; or, for a block of at least the
+    window (L > window), windows ``stride`` apart, the last one ending at L."""
+    if block_size < window or length <= window:
+        return [(s, s + block_size) for s in range(0, length, block_size)]
+    last = length - window
+    return [(s, s + window) for s in [*range(0, last, stride), last]]
+
+
 @torch.no_grad()
 def run_stage(
     model: torch.nn.Module,
@@ -159,20 +206,23 @@ def run_stage(
     settings: DenoiseSettings,
     generators: list[torch.Generator],
     use_cache: bool,
+    window: int,
+    stride: int,
 ) -> tuple[Tensor, Tensor]:
-    """One stage of Algorithm 1 over a batch, in place: returns (nfe, cache_passes) per row."""
+    """One stage of Algorithm 1 over a batch, in place: returns (nfe, cache_passes) per row.
+    ``window`` (at most L): the most positions a denoiser call sees; ``stride``: the step of
+    the window walk of a block of at least the window."""
     B, L = x.shape
     nfe = torch.zeros(B, dtype=torch.long)
     passes = torch.zeros(B, dtype=torch.long)
-    cache = model.new_kv_cache(B, L) if use_cache and block_size < L else None
-    view = BlockView(model, block_size, cache)
-    for start in range(0, L, block_size):
-        end = start + block_size
+    cache = model.new_kv_cache(B, window) if use_cache and block_size < window else None
+    view = BlockView(model, block_size, cache, window)
+    for start, end in stage_spans(L, block_size, window, stride):
         if (x[:, start:end] == settings.mask_id).any():
+            passes += view.seek(x, start, end)
             denoise_block(view, x, conf, start, end, settings, generators, nfe)
-        if cache is not None and end < L:
-            view.commit(x, start, end)
-            passes += 1
+        if end < L:
+            passes += view.commit(x, start, end)
     return nfe, passes
 
 
@@ -193,6 +243,7 @@ def sample_batch(
     drawing the samples with ``cfg`` from scratch, without paying for those stages again."""
     device = next(model.parameters()).device
     L, B = cfg.length, len(indices)
+    window, stride = window_and_stride(model, cfg)
     prefix = _prefix(L, bos_id, prompt)
     seeds = [sample_seed(cfg.seed, i) for i in indices]
     generators = [torch.Generator(device=device).manual_seed(s) for s in seeds]
@@ -226,18 +277,21 @@ def sample_batch(
             n = math.floor(cfg.remask[k - 1] * L)
             scores = conf
             if cfg.remask_policy == "posthoc" and n > 0:
-                scores = remask.posthoc_scores(model, x, mask_id)
-                extra += 1  # the extra forward pass is a denoiser call of this stage
+                windows = stage_spans(L, L, window, stride)  # [(0, L)] inside the context
+                scores = remask.posthoc_scores(model, x, mask_id, windows)
+                extra += len(windows)  # the extra forward passes are denoiser calls
             chosen = [
                 remask.select(scores[r], eligible, n, cfg.remask_policy, generators[r])
                 for r in range(B)
             ]
             for r, pos in enumerate(chosen):
                 x[r, pos.to(device)] = mask_id
-        nfe, passes = run_stage(model, x, conf, block_size, settings, generators, cfg.kv_cache)
+        nfe, passes = run_stage(model, x, conf, block_size, settings, generators, cfg.kv_cache,
+                                window, stride)  # fmt: skip
         if k == 0 and cfg.retry_low_entropy:
             redraws = _redraw_low_entropy(model, x, conf, blank, nfe, passes, block_size,
-                                          settings, generators, cfg.kv_cache, indices)  # fmt: skip
+                                          settings, generators, cfg.kv_cache, indices,
+                                          window, stride)  # fmt: skip
             for s, n in zip(samples, redraws, strict=True):
                 s.redraws = n
         seconds = (time.perf_counter() - t0) / B  # the batch's time, shared equally
@@ -256,7 +310,8 @@ def sample_batch(
 def _redraw_low_entropy(
     model: torch.nn.Module, x: Tensor, conf: Tensor, blank: tuple[Tensor, Tensor], nfe: Tensor,
     passes: Tensor, block_size: int, settings: DenoiseSettings,
-    generators: list[torch.Generator], use_cache: bool, indices: list[int],
+    generators: list[torch.Generator], use_cache: bool, indices: list[int], window: int,
+    stride: int,
 ) -> list[int]:  # fmt: skip
     """Draw stage 1 again, in place, for every row whose draft fails BD3-LM's rule, until all
     pass; returns the redraws per row. Only the failing rows are redrawn, each from its own
@@ -275,7 +330,7 @@ def _redraw_low_entropy(
         rows = torch.tensor(failing, device=x.device)
         xs, cs = blank[0][rows], blank[1][rows]  # fresh copies (advanced indexing)
         n, p = run_stage(model, xs, cs, block_size, settings, [generators[r] for r in failing],
-                         use_cache)  # fmt: skip
+                         use_cache, window, stride)  # fmt: skip
         x[rows], conf[rows] = xs, cs
         nfe[rows.cpu()], passes[rows.cpu()] = n, p  # the kept draw's counts
         for r in failing:
@@ -315,9 +370,6 @@ def sample(
         raise DindError(f"{len(drafts)} drafts for {num_samples} samples")
     if num_samples <= 0 or batch_size <= 0:
         raise DindError("num-samples and batch-size must be positive")
-    model_len = getattr(getattr(model, "config", None), "seq_len", cfg.length)
-    if cfg.length > model_len:
-        raise DindError(f"length {cfg.length} exceeds the model's sequence length {model_len}")
     _prefix(cfg.length, bos_id, prompt)  # fail before any work
     model.eval()
     out: list[Sample] = []

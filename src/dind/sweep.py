@@ -76,6 +76,8 @@ class SweepOptions:
     """Nucleus rule of every setting (``dind.denoise.NUCLEUS_RULES``)."""
     stage1: int = 4
     """Stage-1 block size (the draft)."""
+    window_stride: int | None = None
+    """Every setting's ``SamplerConfig.window_stride`` (used past the model's context)."""
     save_samples: bool = True
     progress: bool = True
     retry_low_entropy: bool = False
@@ -90,6 +92,8 @@ class SweepOptions:
             raise DindError(f"the seed list repeats a seed: {list(self.seeds)}")
         if self.num_samples <= 0 or self.batch_size <= 0:
             raise DindError("num-samples and batch-size must be positive")
+        if self.window_stride is not None and self.window_stride <= 0:
+            raise DindError(f"window stride must be positive, got {self.window_stride}")
 
 
 # ----------------------------------------------------------------------------- grids
@@ -217,7 +221,8 @@ def check_unique(settings: list[Setting]) -> None:
 
 def _stage1_key(cfg: SamplerConfig) -> tuple:
     return (cfg.stages[0], cfg.length, cfg.top_p, cfg.nucleus, cfg.sampler, cfg.steps,
-            cfg.confidence, cfg.kv_cache, cfg.seed, cfg.retry_low_entropy)  # fmt: skip
+            cfg.confidence, cfg.kv_cache, cfg.seed, cfg.retry_low_entropy,
+            cfg.window_stride)  # fmt: skip
 
 
 def slug(text: str) -> str:
@@ -525,17 +530,20 @@ def run_sampling_sweep(
     build: Callable[[int], list[Setting]], length: int | None = None,
 ) -> SweepResult:  # fmt: skip
     """Build and check the grid, load the judge, then draw, judge and write (gamma, policy,
-    nfe). ``build`` makes the settings for the sequence length L; the first one is the
-    reference the others are compared with, seed by seed (stage 1 alone)."""
+    nfe). ``build`` makes the settings for the sequence length L (past the model's context
+    the sampler slides a window); the first one is the reference the others are compared
+    with, seed by seed (stage 1 alone)."""
     from dind.checkpoint import load_checkpoint, read_config, resolve
     from dind.judges import load_judge
+    from dind.sampler import check_window_stride
 
     opts.check()
     model_len = read_config(resolve(checkpoint)).model.seq_len
-    L = length or model_len
-    if length is not None and not 0 < length <= model_len:
-        raise DindError(f"length {length} must be in 1..{model_len}, the model's length")
-    settings = build(L)
+    L = model_len if length is None else length
+    if L <= 0:
+        raise DindError(f"length must be positive, got {L}")
+    check_window_stride(opts.window_stride, model_len)
+    settings = [_with_window_stride(s, opts.window_stride) for s in build(L)]
     check_unique(settings)
     judge = load_judge(opts.judge, _device(), opts.judge_max_tokens)
     ck = load_checkpoint(checkpoint, _device())
@@ -555,6 +563,12 @@ def _protocol(opts: SweepOptions) -> dict[str, Any]:
     """The evaluation options a sweep's JSON records beside its settings."""
     return {"retry_low_entropy": opts.retry_low_entropy,
             "judge_max_tokens": opts.judge_max_tokens}  # fmt: skip
+
+
+def _with_window_stride(setting: Setting, stride: int | None) -> Setting:
+    return dataclasses.replace(
+        setting, sampler=dataclasses.replace(setting.sampler, window_stride=stride)
+    )
 
 
 def _device() -> str:
