@@ -316,6 +316,20 @@ def test_start_intervals_given_source_and_defaults(tmp_path):
         NoiseConfig(intervals={4: (0.9, 0.1)})
 
 
+def test_a_given_interval_is_kept_by_the_search(tmp_path):
+    from dind.config import NoiseConfig
+
+    corpus = write_corpus(tmp_path / "corpus")
+    noise_cfg = NoiseConfig(clip_search_widths=(0.5,), clip_search_delta=0.25,
+                            intervals={32: (1e-3, 1.0)})  # fmt: skip
+    train(tiny_run(corpus, max_steps=2, eval_every=1, noise=noise_cfg), tmp_path / "run",
+          progress=False)  # fmt: skip
+    evals = [m["intervals"] for m in read_metrics(tmp_path / "run") if "intervals" in m]
+    assert len(evals) == 3 and all(iv["32"] == [1e-3, 1.0] for iv in evals)
+    grid = {(1e-3, 1.0), (1e-3, 0.5), (0.25, 0.75), (0.5, 1.0)}
+    assert all(tuple(iv["4"]) in grid for iv in evals)  # searched on the grid
+
+
 def test_cli_noise_intervals_are_given_per_block_size():
     from dind import cli
 

@@ -82,8 +82,8 @@ def train(
     noise_interval: Annotated[
         list[str] | None,
         typer.Option(
-            help="A block size's clipped noise interval, repeatable: 4:0.5,1.0. "
-            "Without --no-clip-search the search replaces it at each validation."
+            help="A block size's clipped noise interval, repeatable: 128:0.001,1. "
+            "A given interval is kept; the search picks the others."
         ),
     ] = None,
     clip_search: Annotated[

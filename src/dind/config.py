@@ -141,8 +141,8 @@ class NoiseConfig:
     eps_max: float = 1.0
     """omega: upper bound of t, likewise."""
     intervals: dict[int, tuple[float, float]] = field(default_factory=dict)
-    """Given (beta, omega) per block size, overriding the defaults above; the search (when on)
-    replaces them at each validation."""
+    """Given (beta, omega) per block size, overriding the defaults above and never searched
+    (the search, when on, picks the other sizes' intervals at each validation)."""
     antithetic: bool = True
     """Stratify the per-block t over all blocks of the batch (variance reduction)."""
     resample: bool = True

@@ -7,10 +7,11 @@ Design choices:
 - Saved and evaluated weights are the EMA weights; the raw weights and optimizer state go
   into ``training_state.pt`` beside them.
 - Validation reports the NELBO with the unclipped bounds (1e-3, 1) at every block size of
-  P_B, then (``clip_search``) picks, for each block size on its own, the clipped bounds
-  [beta, omega] under which that size's loss has the least variance; the next steps train
-  every row with its own size's interval. Before the first search (and with the search off)
-  whole-sequence rows are unclipped and smaller blocks use the configured [eps_min, eps_max].
+  P_B, then (``clip_search``) picks, for each block size on its own (unless its interval is
+  given), the clipped bounds [beta, omega] under which that size's loss has the least
+  variance; the next steps train every row with its own size's interval. Before the first
+  search (and with the search off) whole-sequence rows are unclipped and smaller blocks use
+  the configured [eps_min, eps_max].
 - Data parallel: torchrun sets the environment; gloo on CPU, NCCL on CUDA; each rank takes
   its own slice of the global batch and draws its own block sizes and noise.
 """
@@ -166,11 +167,13 @@ def evaluate(
     primary = out["val_nll"] if tc.objective == "ar" else out[f"val_nelbo_bs{draft}"]
     out["val_nelbo"] = primary
     out["val_ppl"] = math.exp(min(primary, 50.0))
-    if tc.objective == "bd3" and tc.noise.clip_search:
-        out["intervals"] = {
-            str(bs): list(clip_search(model, run, batches, bs, device, autocast))
+    searched = [bs for bs in tc.block_dist.block_sizes if bs not in tc.noise.intervals]
+    if tc.objective == "bd3" and tc.noise.clip_search and searched:
+        out["intervals"] = {  # a size whose interval is given keeps it
+            str(bs): list(tc.noise.intervals.get(bs) or
+                          clip_search(model, run, batches, bs, device, autocast))
             for bs in tc.block_dist.block_sizes
-        }
+        }  # fmt: skip
     return out
 
 
