@@ -53,11 +53,11 @@ def table(kind: str, models: dict[int, list[dict]]) -> None:
     head = ["setting", f"Gen PPL (mean ± std over {len(models)} models)",
             "± over sampling seeds", "vs stage 1 (models better)", "entropy"]  # fmt: skip
     if kind == "topp":
-        head[3] = "gap to stage 1's curve at equal entropy (models)"
+        head[3] = "gap to stage 1's curve at equal entropy (sd over seeds / over models)"
     print("| " + " | ".join(head) + " |")
     print("|" + "---|" * len(head))
     for name in settings:
-        per_model, within, deltas, entropy, gap = [], [], [], [], []
+        per_model, within, deltas, entropy, gap, gap_seeds = [], [], [], [], [], []
         for seed, rows in models.items():
             mine = [r for r in rows if r["setting"] == name and r["gen_ppl"]]
             ref = {r["seed"]: r["gen_ppl"] for r in rows if r["setting"] == reference}
@@ -69,12 +69,14 @@ def table(kind: str, models: dict[int, list[dict]]) -> None:
             entropy.append(statistics.fmean(r["entropy"] for r in mine))
             deltas.append(statistics.fmean(r["gen_ppl"] - ref[r["seed"]] for r in mine))
             inside = [g for g in gaps[seed].get(name, []) if g is not None]
+            gap_seeds += inside
             if inside:
                 gap.append(statistics.fmean(inside))
-        if kind == "topp":
-            vs = "" if not gap else (
-                f"{math.expm1(statistics.fmean(gap)):+.0%} ± "
-                f"{statistics.stdev(gap) if len(gap) > 1 else 0.0:.0%} ({len(gap)})")  # fmt: skip
+        if kind == "topp":  # in log units; a spread of 0.1 is about 10%
+            sd = lambda v: f"{statistics.stdev(v):.2f}" if len(v) > 1 else "-"  # noqa: E731
+            vs = "" if not gap_seeds else (
+                f"{math.expm1(statistics.fmean(gap_seeds)):+.0%} ({sd(gap_seeds)} / {sd(gap)}; "
+                f"{len(gap_seeds)} model-seeds inside the curve)")  # fmt: skip
         else:
             vs = (
                 ""
