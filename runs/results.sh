@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Every table and plot of docs/results.md, at the scale of a 2-core CPU machine (tiny preset,
-# L = 128). Three models per corpus, trained with the same recipe and training seeds 0, 1, 2
+# L = 128): several hours there (one model trains in ~6 minutes alone, its sweeps take ~25;
+# run background jobs with OMP_NUM_THREADS=1 when anything else shares the cores). Three
+# models per corpus, trained with the same recipe and training seeds 0, 1, 2
 # (runs of one recipe differ more than sampling seeds do), each swept with sampling seeds
 # 0, 1, 2. Re-running reuses finished training runs and skips finished sweeps.
 # usage: runs/results.sh [OUT]   (default runs/results); TRAIN_SEEDS="0 1 2" chooses the
@@ -40,3 +42,21 @@ done
 #    checkpoint.
 [ "${MIX:-1}" = 0 ] || [ -e "$out/mix/mix.csv" ] || "$dind" sweep mix --out "$out/mix" --pretrain-steps 300 \
   --steps 300 "${common[@]}"
+
+# 4. Past the model's 128-token context (L = 256 and 512), embedded corpus: half-overlapping
+#    windows (the default stride, 64) and, at 512, non-overlapping ones (stride 128).
+for s in ${TRAIN_SEEDS:-0 1 2}; do
+  m=$out/models/shakespeare-s$s
+  for L in 256 512; do
+    [ -e "$out/long-L$L-s$s/gamma.csv" ] || "$dind" sweep gamma --checkpoint "$m" \
+      --out "$out/long-L$L-s$s" --length $L --gammas 0.25,0.5 --block-sizes L "${common[@]}"
+  done
+  [ -e "$out/long-L512-stride128-s$s/gamma.csv" ] || "$dind" sweep gamma --checkpoint "$m" \
+    --out "$out/long-L512-stride128-s$s" --length 512 --gammas 0.25,0.5 --block-sizes L \
+    --window-stride 128 "${common[@]}"
+done
+
+# 5. The nucleus rule alone: the seed-0 model sampled with Hugging Face's rule.
+[ -e "$out/nucleus-hf-s0/policy.csv" ] || "$dind" sweep policy \
+  --checkpoint "$out/models/shakespeare-s0" --out "$out/nucleus-hf-s0" --nucleus hf \
+  --policies snapshot "${common[@]}"
