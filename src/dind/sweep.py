@@ -124,10 +124,11 @@ def parse_size(text: str, L: int) -> int:
 
 
 def _setting(name: str, series: str, x: float | None, opts: SweepOptions, **kwargs) -> Setting:
-    """A setting whose sampler takes the sweep's top-p, nucleus rule and redraw protocol unless
-    it sets them."""
+    """A setting whose sampler takes the sweep's top-p, nucleus rule, redraw protocol and window
+    stride unless it sets them."""
     shared = {"top_p": opts.top_p, "nucleus": opts.nucleus,
-              "retry_low_entropy": opts.retry_low_entropy}  # fmt: skip
+              "retry_low_entropy": opts.retry_low_entropy,
+              "window_stride": opts.window_stride}  # fmt: skip
     try:
         sampler = SamplerConfig(**{**shared, **kwargs})
     except DindError as e:
@@ -543,7 +544,7 @@ def run_sampling_sweep(
     if L <= 0:
         raise DindError(f"length must be positive, got {L}")
     check_window_stride(opts.window_stride, model_len)
-    settings = [_with_window_stride(s, opts.window_stride) for s in build(L)]
+    settings = build(L)
     check_unique(settings)
     judge = load_judge(opts.judge, _device(), opts.judge_max_tokens)
     ck = load_checkpoint(checkpoint, _device())
@@ -563,12 +564,6 @@ def _protocol(opts: SweepOptions) -> dict[str, Any]:
     """The evaluation options a sweep's JSON records beside its settings."""
     return {"retry_low_entropy": opts.retry_low_entropy,
             "judge_max_tokens": opts.judge_max_tokens}  # fmt: skip
-
-
-def _with_window_stride(setting: Setting, stride: int | None) -> Setting:
-    return dataclasses.replace(
-        setting, sampler=dataclasses.replace(setting.sampler, window_stride=stride)
-    )
 
 
 def _device() -> str:
