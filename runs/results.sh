@@ -11,8 +11,8 @@ set -euo pipefail
 out=${1:-runs/results}
 dind=${DIND:-.venv/bin/dind}
 common=(--seeds 0,1,2 --num-samples 8 --batch-size 8 --no-progress)
-"$dind" data synthetic >/dev/null
 syn=$(.venv/bin/python -c "from dind.synthetic import default_corpus_dir; print(default_corpus_dir())")
+[ -e "$syn/docs" ] || "$dind" data synthetic >/dev/null
 
 sweeps() {  # CHECKPOINT OUT JUDGE: Figure 2, Table 2 and the top-p control of one model
   local ck=$1 dir=$2 judge=$3
@@ -41,7 +41,7 @@ done
 #    fine-tune each mix for the same steps from it, as the paper fine-tunes from a full-length
 #    checkpoint.
 [ "${MIX:-1}" = 0 ] || [ -e "$out/mix/mix.csv" ] || "$dind" sweep mix --out "$out/mix" --pretrain-steps 300 \
-  --steps 300 "${common[@]}"
+  --steps 300 --mix 4 --mix 4,L:0.9,0.1 --mix 4,L/2:0.9,0.1 --mix pow4 --mix pow2 "${common[@]}"
 
 # 4. Past the model's 128-token context (L = 256 and 512), embedded corpus: half-overlapping
 #    windows (the default stride, 64) and, at 512, non-overlapping ones (stride 128).
@@ -60,3 +60,19 @@ done
 [ -e "$out/nucleus-hf-s0/policy.csv" ] || "$dind" sweep policy \
   --checkpoint "$out/models/shakespeare-s0" --out "$out/nucleus-hf-s0" --nucleus hf \
   --policies snapshot "${common[@]}"
+
+# 6. Table 1's frontier (quality against NFEs) on the seed-0 model of each corpus.
+[ -e "$out/shakespeare-s0/nfe.csv" ] || "$dind" sweep nfe --checkpoint "$out/models/shakespeare-s0" \
+  --out "$out/shakespeare-s0" "${common[@]}"
+[ -e "$out/synthetic-s0/nfe.csv" ] || "$dind" sweep nfe --checkpoint "$out/models/synthetic-s0" \
+  --out "$out/synthetic-s0" --judge oracle "${common[@]}"
+
+# 7. A/B of the noise interval of whole-sequence rows: the seed-0 recipe with B = L rows left
+#    unclipped (the search still picks the draft size's interval).
+m=$out/models/shakespeare-unclipped-s0
+[ -e "$m/checkpoint" ] || "$dind" train --out "$m" --preset tiny --seed 0 \
+  --noise-interval 128:0.001,1 --no-progress
+[ -e "$out/shakespeare-unclipped-s0/policy.csv" ] || "$dind" sweep policy --checkpoint "$m" \
+  --out "$out/shakespeare-unclipped-s0" "${common[@]}"
+[ -e "$out/shakespeare-unclipped-s0/topp.csv" ] || "$dind" sweep topp --checkpoint "$m" \
+  --out "$out/shakespeare-unclipped-s0" --top-ps 0.9,0.8,0.7,0.5 --gammas 0.25,0.5 "${common[@]}"
