@@ -20,7 +20,7 @@ import sys
 from collections import defaultdict
 from pathlib import Path
 
-from dind.sweep import STAGE1, matched_entropy_gaps
+from dind.frontier import STAGE1, matched_entropy_gaps
 
 root = Path(sys.argv[1] if len(sys.argv) > 1 else "runs/results")
 docs = Path("docs/results")

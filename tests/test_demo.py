@@ -30,10 +30,18 @@ def test_demo_short_mode(tmp_path):
     gamma = list(csv.DictReader((out / "gamma.csv").open()))
     assert len(gamma) == 1 + 2 * 4 and all(r["n_seeds"] == "2" for r in gamma)
     assert (out / "gamma.png").stat().st_size > 5000 and (out / "policy.png").exists()
+    # the frontier: stage 1 and two stages at four top-p values, same seeds and drafts, so its
+    # two stages at top-p 0.9 are the main comparison's samples exactly
+    topp = {r["setting"]: r for r in csv.DictReader((out / "topp.csv").open())}
+    assert len(topp) == 8 and (out / "topp.png").exists()
+    main = next(r for r in gamma if r["setting"] == "block 128, gamma 0.5")
+    same = topp["two stages (block 128, gamma 0.5), top-p 0.9"]
+    assert same["gen_ppl_mean"] == main["gen_ppl_mean"]
+    assert "Raw: two stages change Gen PPL" in text and "At matched entropy" in text
     page = (out / "report.html").read_text()
     assert page.count("<section><h2>Sample") == 2  # the two samples of the main setting
     assert "Stage 1 against two stages" in page and 'class="remasked"' in page
-    assert page.count("data:image/png;base64,") == 2
+    assert page.count("data:image/png;base64,") == 3 and "Quality against diversity" in page
     # a second run reuses the trained model (no retraining) and prints the same NELBO lines
     again = _demo(out)
     assert again.returncode == 0

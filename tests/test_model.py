@@ -49,6 +49,21 @@ def test_small_preset_has_bd3lm_keys_and_shapes():
     assert 160e6 < model.num_params() < 175e6
 
 
+def test_base_preset_lies_between_tiny_and_small():
+    from dind.config import base, tiny
+
+    sizes = []
+    for run in (tiny(), base(), small()):
+        with torch.device("meta"):
+            sizes.append(DiT(run.model).num_params())
+    assert sizes[0] < sizes[1] < sizes[2]
+    run = base()
+    L = run.model.seq_len
+    assert run.train.block_dist.block_sizes == (4, L) and run.train.block_dist.probs == (0.9, 0.1)
+    assert run.model.mask_id == run.train.bpe_vocab_size == run.model.vocab_size - 1
+    assert run.train.corpus == "english" and run.model.hidden_dim % run.model.n_heads == 0
+
+
 def test_any_size_through_config(tiny_cfg):
     model = DiT(tiny_cfg)
     got = {k: tuple(v.shape) for k, v in model.state_dict().items()}

@@ -11,7 +11,7 @@ import sys
 
 import pytest
 
-from dind import sweep
+from dind import frontier, sweep
 from dind.errors import DindError
 from dind.sweep import SweepOptions
 from helpers import tiny_run, write_corpus
@@ -152,6 +152,14 @@ def test_topp_control_sweep(trained_run):
         refined = _jsonl(folder / f"two_stages_block_32_gamma_0_5_top_p_{p}_seed0.jsonl")
         assert [r["stage_tokens"][0] for r in refined] == [d["stage_tokens"][0] for d in drafts]
     assert _png_size(res.files["png"])[0] > 100
+    # the report's table shows the same gaps beside the raw Gen PPL
+    tables, _ = sweep.report_parts(out)
+    _, head, body = tables[0]
+    col = head.index("vs stage 1 at equal entropy")
+    for line, s in zip(body, res.summary, strict=True):
+        gap = s.get("matched_gap_log_mean")
+        assert line[col] == ("" if gap is None else
+                             f"{math.expm1(gap):+.0%} ({s['matched_gap_seeds']})")  # fmt: skip
 
 
 def test_sampling_sweep_past_the_context(trained_run):
@@ -270,18 +278,18 @@ def test_matched_entropy_gap_interpolates_each_seeds_stage1_curve():
             row("two", "two stages", 0, 20.0, 3.5), row("two", "two stages", 1, 50.0, 3.7),
             row("far", "two stages", 0, 5.0, 2.0), row("far", "two stages", 1, 100.0, 4.2),
             ]  # fmt: skip
-    gaps = sweep.matched_entropy_gaps(rows)
+    gaps = frontier.matched_entropy_gaps(rows)
     # seed 0: the curve at entropy 3.5 is exp(midway between log 10 and log 100) = 31.6
     assert gaps["two"][0] == pytest.approx(math.log(20.0) - math.log(math.sqrt(1000.0)))
     assert gaps["two"][1] == pytest.approx(math.log(50.0) - math.log(math.sqrt(4000.0)))
     assert gaps["far"] == [None, pytest.approx(math.log(100.0) - math.log(200.0))]
     summary = sweep.summarize(rows)
-    sweep.add_matched_gaps(summary, rows)
+    frontier.add_matched_gaps(summary, rows)
     two = next(s for s in summary if s["setting"] == "two")
     assert two["matched_gap_log_mean"] == pytest.approx(statistics.fmean(gaps["two"]))
     assert two["matched_gap_seeds"] == "2/2"
     assert next(s for s in summary if s["setting"] == "far")["matched_gap_seeds"] == "1/2"
-    assert sweep.curve_at([(1.0, 2.0)], 1.5) is None and sweep.curve_at([], 1.0) is None
+    assert frontier.curve_at([(1.0, 2.0)], 1.5) is None and frontier.curve_at([], 1.0) is None
 
 
 def test_summary_statistics_by_brute_force():

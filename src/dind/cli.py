@@ -57,7 +57,7 @@ def _build_run(
 @app.command()
 def train(
     out: Annotated[Path, typer.Option(help="Run folder (metrics, checkpoint, tokenizer).")],
-    preset: Annotated[str, typer.Option(help="tiny | small")] = "tiny",
+    preset: Annotated[str, typer.Option(help="tiny | base | small")] = "tiny",
     max_steps: Annotated[int | None, typer.Option(help="Optimizer steps.")] = None,
     block_sizes: Annotated[
         str | None,
@@ -595,7 +595,7 @@ def sweep_mix(
     pretrain_steps: Annotated[
         int, typer.Option(help="Without --init-from: first pretrain at block L this long.")
     ] = 0,
-    preset: Annotated[str, typer.Option(help="tiny | small")] = "tiny",
+    preset: Annotated[str, typer.Option(help="tiny | base | small")] = "tiny",
     corpus: Annotated[str | None, typer.Option(help="Corpus (default: the preset's).")] = None,
     tokenizer: Annotated[str | None, typer.Option(help="gpt2 | bpe")] = None,
     gamma: Annotated[float, typer.Option(help="Stage-2 remask ratio (block L).")] = 0.5,
@@ -648,6 +648,64 @@ def report(
     path = write_report(out, title=title, samples=records, tokenizer=load_tokenizer(checkpoint),
                         tables=tables, plots=plots, max_samples=max_samples)  # fmt: skip
     typer.echo(f"wrote {path}")
+
+
+@app.command()
+def frontier(
+    sweeps: Annotated[
+        list[Path] | None,
+        typer.Argument(
+            help="Sweep records (`topp.json`, or its folder): each file's stage 1 "
+            "is the reference curve of its other settings."
+        ),  # fmt: skip
+    ] = None,
+    reference: Annotated[
+        list[Path] | None,
+        typer.Option(
+            help="Reference points (repeatable): sweep records or `dind eval --out` "
+            "files; together they make the curve."
+        ),  # fmt: skip
+    ] = None,
+    candidate: Annotated[
+        list[Path] | None,
+        typer.Option(help="Points to place against the reference curve (repeatable)."),
+    ] = None,
+    reference_series: Annotated[
+        str, typer.Option(help="Series of a sweep record that makes the curve.")
+    ] = "stage 1",
+    candidate_series: Annotated[
+        str | None,
+        typer.Option(
+            help="Series of a sweep record to compare (default: all but the reference series)."
+        ),  # fmt: skip
+    ] = None,
+    out: Annotated[Path | None, typer.Option(help="Write the gaps as JSON here.")] = None,
+) -> None:
+    """The matched-entropy gap: each candidate's Gen PPL against the reference curve (stage 1
+    across top-p) interpolated at the candidate's entropy, paired by seed."""
+    from dind import frontier as fr
+
+    if not sweeps and not (reference and candidate):
+        raise DindError("give sweep records, or both --reference and --candidate")
+    if sweeps and (reference or candidate):
+        raise DindError("give sweep records or --reference/--candidate, not both")
+    if sweeps:
+        result, ref = [], []
+        for path in sweeps:
+            r = fr.select([path], reference_series)
+            c = fr.select([path], candidate_series, exclude=reference_series)
+            for s in fr.compare(r, c):
+                result.append({**s, "setting": f"{path}: {s['setting']}"} if len(sweeps) > 1
+                              else s)  # fmt: skip
+            ref += r
+    else:
+        ref = fr.select(reference, reference_series)
+        cands = fr.select(candidate, candidate_series, exclude=reference_series)
+        result = fr.compare(ref, cands)
+    typer.echo(fr.format_gaps(result, ref))
+    if out is not None:
+        _write_json(out, {"reference": [str(p) for p in (reference or sweeps)],
+                          "reference_series": reference_series, "gaps": result})  # fmt: skip
 
 
 @app.command()

@@ -293,6 +293,39 @@ def tiny() -> RunConfig:
     )
 
 
+def base() -> RunConfig:
+    """Between tiny and small: 8 x 384, L = 256, an 8192-token BPE on the ``english`` corpus,
+    the paper's mix (4, L) with lambda = 0.1. Sized to train in about an hour on 2 CPU cores
+    (``runs/scale.sh base``: pretraining at block L, then the mix; see dev/LOG.md)."""
+    return RunConfig(
+        preset="base",
+        model=ModelConfig(
+            vocab_size=8193,
+            mask_id=8192,
+            seq_len=256,
+            hidden_dim=384,
+            cond_dim=128,
+            n_blocks=8,
+            n_heads=6,
+            dropout=0.0,
+        ),
+        train=TrainConfig(
+            block_dist=BlockSizeDistribution((4, 256), (0.9, 0.1)),
+            corpus="english",
+            tokenizer="bpe",
+            bpe_vocab_size=8192,
+            batch_size=16,
+            max_steps=1000,
+            lr=1e-3,
+            warmup_steps=100,
+            ema=0.999,
+            eval_every=250,
+            eval_batches=8,
+            noise=NoiseConfig(clip_search_widths=(0.5, 0.7, 0.9), clip_search_delta=0.1),
+        ),
+    )
+
+
 def small() -> RunConfig:
     """BD3-LM's OWT model: 12 x 768, 12 heads, L = 1024, GPT-2 vocabulary; the paper's
     mixed-scale fine-tuning mix (4, 1024) with lambda = 0.1 and BD3-LM's optimizer."""
@@ -314,7 +347,7 @@ def small() -> RunConfig:
     )
 
 
-PRESETS = {"tiny": tiny, "small": small}
+PRESETS = {"tiny": tiny, "base": base, "small": small}
 
 
 def preset(name: str) -> RunConfig:

@@ -46,9 +46,9 @@ from tqdm import tqdm
 
 from dind.config import BlockSizeDistribution, RunConfig
 from dind.errors import DindError
+from dind.frontier import STAGE1, add_matched_gaps
 from dind.sampler import SamplerConfig
 
-STAGE1 = "stage 1"
 KINDS = ("gamma", "policy", "nfe", "topp", "mix")
 
 
@@ -193,7 +193,7 @@ def topp_settings(
 ) -> list[Setting]:  # fmt: skip
     """The diversity control: stage 1 and two stages (one series per gamma) at each nucleus
     mass. A lower top-p also lowers Gen PPL by making text less diverse; comparing the curves
-    at equal entropy (``matched_entropy_gaps``) says whether the second stage buys more."""
+    at equal entropy (``dind.frontier``) says whether the second stage buys more."""
     out = []
     for p in top_ps:
         out.append(_setting(f"stage 1, top-p {p:g}", STAGE1, p, opts, stages=(opts.stage1,),
@@ -303,49 +303,6 @@ def summarize(rows: list[dict[str, Any]], reference: Reference = None) -> list[d
             summary["better_than_stage1_seeds"] = f"{sum(d < 0 for d in diffs)}/{len(diffs)}"
         out.append(summary)
     return out
-
-
-def curve_at(points: list[tuple[float, float]], entropy: float) -> float | None:
-    """A curve's value at ``entropy``, linear between its two points around it; ``points`` are
-    (entropy, value). None outside the curve's entropy range: a gap is never extrapolated."""
-    pts = sorted(points)
-    for (e0, y0), (e1, y1) in zip(pts, pts[1:], strict=False):
-        if e0 <= entropy <= e1:
-            return y0 if e1 == e0 else y0 + (y1 - y0) * (entropy - e0) / (e1 - e0)
-    return pts[0][1] if len(pts) == 1 and pts[0][0] == entropy else None
-
-
-def matched_entropy_gaps(
-    rows: list[dict[str, Any]], reference_series: str = STAGE1
-) -> dict[str, list[float | None]]:
-    """Per setting outside ``reference_series``, per seed: log Gen PPL minus the reference
-    curve's log Gen PPL at the same entropy, the curve being that seed's reference points (e.g.
-    stage 1 across top-p) interpolated in entropy. Negative: better than what sharpening stage
-    1 alone buys at that diversity; None where the entropy lies outside the curve."""
-    curves: dict[Any, list[tuple[float, float]]] = {}
-    for r in rows:
-        if r["series"] == reference_series and r["gen_ppl"]:
-            curves.setdefault(r["seed"], []).append((r["entropy"], math.log(r["gen_ppl"])))
-    gaps: dict[str, list[float | None]] = {}
-    for r in rows:
-        if r["series"] == reference_series:
-            continue
-        at = curve_at(curves.get(r["seed"], []), r["entropy"]) if r["gen_ppl"] else None
-        gaps.setdefault(r["setting"], []).append(
-            None if at is None else math.log(r["gen_ppl"]) - at
-        )
-    return gaps
-
-
-def add_matched_gaps(summary: list[dict[str, Any]], rows: list[dict[str, Any]]) -> None:
-    """Each summary row outside stage 1 gets its matched-entropy gap: the mean and std over
-    seeds of the log ratio (``matched_gap_log_mean/std``) and the seeds inside the curve."""
-    for name, gaps in matched_entropy_gaps(rows).items():
-        inside = [g for g in gaps if g is not None]
-        s = next(x for x in summary if x["setting"] == name)
-        s["matched_gap_log_mean"] = statistics.fmean(inside) if inside else None
-        s["matched_gap_log_std"] = statistics.stdev(inside) if len(inside) > 1 else None
-        s["matched_gap_seeds"] = f"{len(inside)}/{len(gaps)}"
 
 
 def _write_atomic(path: Path, data: bytes) -> None:
@@ -724,8 +681,14 @@ def report_parts(folder: Path) -> tuple[list, list]:
         if (folder / f"{kind}.json").is_file():
             judge = json.loads((folder / f"{kind}.json").read_text()).get("judge", "")
         body = [[_number(r.get(key, "")) for _, key in SUMMARY_COLUMNS] for r in rows]
+        head = [h for h, _ in SUMMARY_COLUMNS]
+        if kind == "topp":  # the honest comparison: against stage 1's curve at equal entropy
+            head.insert(6, "vs stage 1 at equal entropy")
+            for line, r in zip(body, rows, strict=True):
+                gap, seeds = r.get("matched_gap_log_mean", ""), r.get("matched_gap_seeds")
+                line.insert(6, f"{math.expm1(float(gap)):+.0%} ({seeds})" if gap else "")
         caption = f"{CAPTIONS[kind]}; judge {judge}" if judge else CAPTIONS[kind]
-        tables.append((caption, [h for h, _ in SUMMARY_COLUMNS], body))
+        tables.append((caption, head, body))
         if png.is_file():
             plots.append((CAPTIONS[kind], png))
     if not tables:

@@ -1,0 +1,71 @@
+#!/usr/bin/env bash
+# The trend across model sizes (docs/results.md, "Scale"): for one preset, train several models
+# with the paper's recipe (pretrain at block L, then mixed-scale fine-tuning from it), an
+# in-domain AR judge with the same budget, then the policy sweep, the gamma sweep (gamma
+# 0.25/0.5/0.75, stage-2 blocks 16 and L) and the top-p frontier (stage 1 and two stages at
+# top-p 0.5-0.95), each judged by SmolLM2 and by the AR judge. Runs unchanged on CPU and GPU.
+#
+# usage: runs/scale.sh SIZE OUT          e.g. runs/scale.sh base runs/scale/base
+# env:   TRAIN_SEEDS   models to train                 (default "0 1 2")
+#        PRE, FT       steps of the two phases         (default per size, below)
+#        CORPUS        corpus of every run             (default english)
+#        MODELS        where checkpoints go            (default OUT/models; on a GPU machine
+#                      put them outside the folder that is copied back)
+#        SEEDS, NUM_SAMPLES  sampling seeds and samples per seed (default 0,1,2 and 8)
+# Results (CSV, JSON, PNG; samples JSONL of sampling seed 0 only) go to OUT/<judge>-s<seed>/
+# (judge smollm2 or ar), the held-out NELBO at block 4 to OUT/nelbo-s<seed>.json.
+# Re-running reuses finished training runs and skips finished sweeps.
+set -euo pipefail
+size=${1:?usage: runs/scale.sh SIZE OUT}
+out=${2:?usage: runs/scale.sh SIZE OUT}
+dind=${DIND:-.venv/bin/dind}
+models=${MODELS:-$out/models}
+corpus=${CORPUS:-english}
+case $size in
+  tiny) L=128; pre=${PRE:-450}; ft=${FT:-150} ;;
+  base) L=256; pre=${PRE:-750}; ft=${FT:-250} ;;
+  small) L=1024; pre=${PRE:-30000}; ft=${FT:-10000} ;;
+  *) echo "error: unknown size '$size' (tiny | base | small)" >&2; exit 2 ;;
+esac
+common=(--seeds "${SEEDS:-0,1,2}" --num-samples "${NUM_SAMPLES:-8}" --batch-size 8 --no-progress)
+mkdir -p "$out" "$models"
+log() { echo "$(date +%T) $*" | tee -a "$out/scale.log"; }
+
+# The in-domain judge: an AR model of the same size, corpus and total budget.
+ar=$models/ar-judge
+if [ ! -e "$ar/checkpoint" ]; then
+  log "training the AR judge ($size, $((pre + ft)) steps)"
+  "$dind" train --out "$ar" --preset "$size" --corpus "$corpus" --objective ar \
+    --max-steps $((pre + ft)) --seed 100 --no-progress >"$out/train-ar-judge.log"
+fi
+
+for s in ${TRAIN_SEEDS:-0 1 2}; do
+  p=$models/pretrain-s$s m=$models/bd3-s$s
+  if [ ! -e "$p/checkpoint" ]; then
+    log "seed $s: pretraining at block L ($pre steps)"
+    "$dind" train --out "$p" --preset "$size" --corpus "$corpus" --seed "$s" --max-steps "$pre" \
+      --block-sizes $L --block-probs 1 --no-progress >"$out/train-pretrain-s$s.log"
+  fi
+  if [ ! -e "$m/checkpoint" ]; then
+    log "seed $s: mixed-scale fine-tuning ($ft steps)"
+    "$dind" train --out "$m" --preset "$size" --corpus "$corpus" --seed "$s" --max-steps "$ft" \
+      --init-from "$p" --no-progress >"$out/train-bd3-s$s.log"
+  fi
+  "$dind" eval --checkpoint "$m" --block-size 4 --no-progress --out "$out/nelbo-s$s.json" \
+    >/dev/null
+  for judge in smollm2 ar; do
+    j=$judge; [ "$judge" = ar ] && j=$ar
+    d=$out/$judge-s$s
+    [ -e "$d/policy.csv" ] || { log "seed $s, judge $judge: policy"; "$dind" sweep policy \
+      --checkpoint "$m" --out "$d" --judge "$j" "${common[@]}" >/dev/null; }
+    [ -e "$d/gamma.csv" ] || { log "seed $s, judge $judge: gamma"; "$dind" sweep gamma \
+      --checkpoint "$m" --out "$d" --judge "$j" --gammas 0.25,0.5,0.75 --block-sizes 16,L \
+      "${common[@]}" >/dev/null; }
+    [ -e "$d/topp.csv" ] || { log "seed $s, judge $judge: top-p frontier"; "$dind" sweep topp \
+      --checkpoint "$m" --out "$d" --judge "$j" --top-ps 0.95,0.9,0.8,0.7,0.6,0.5 \
+      --gammas 0.25,0.5 "${common[@]}" >/dev/null; }
+    # keep the results small: the samples of sampling seed 0 only
+    find "$d/samples" -name '*.jsonl' ! -name '*_seed0.jsonl' -delete 2>/dev/null || true
+  done
+done
+log "done: $out (tables: .venv/bin/python runs/results_tables.py $out)"
