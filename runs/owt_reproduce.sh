@@ -11,11 +11,16 @@
 #   5. the BD3-LM baseline row: kuleshov-group/bd3lm-owt-block_size4, stage 1 only;
 #   6. generative perplexity under GPT-2 Large (the paper's judge).
 # usage: NGPU=8 runs/owt_reproduce.sh [OUT_DIR]        (DRY_RUN=1 prints the commands)
+# Every step runs the virtual environment's executables (VENV, default .venv): dind, torchrun
+# and python.
 set -euo pipefail
 out=${1:-runs/owt}
-ngpu=${NGPU:-$(nvidia-smi -L 2>/dev/null | wc -l)}
+ngpu=${NGPU:-$( (nvidia-smi -L 2>/dev/null || true) | wc -l)}  # none: 1 (a dry run on a CPU)
 ngpu=$(( ngpu > 0 ? ngpu : 1 ))
-dind=${DIND:-.venv/bin/dind}
+venv=${VENV:-.venv}
+dind=${DIND:-$venv/bin/dind}
+torchrun=${TORCHRUN:-$venv/bin/torchrun}
+python=${PYTHON:-$venv/bin/python}
 per_gpu_batch=${BATCH:-16}
 accum=$(( 512 / (per_gpu_batch * ngpu) ))
 steps=${STEPS:-40000}
@@ -28,7 +33,7 @@ run "$dind" data openwebtext --out "$out/tokens" --seq-len 1024
 run "$dind" bench train --preset small --batch-size "$per_gpu_batch" --steps 5 \
     --block-sizes 4,1024 --block-probs 0.9,0.1 --attn-backend flex --out "$out/bench_train.json"
 if [ -z "${DRY_RUN:-}" ]; then
-  python3 - "$out/bench_train.json" "$steps" "$accum" "$ngpu" <<'PY'
+  "$python" - "$out/bench_train.json" "$steps" "$accum" "$ngpu" <<'PY'
 import json, sys
 b = json.load(open(sys.argv[1])); steps, accum, ngpu = map(int, sys.argv[2:])
 s = b["bd3_s_per_step"]  # one micro-batch on one GPU
@@ -39,7 +44,7 @@ print(f"measured {s:.3f} s per micro-batch of {b['batch_size']} on {b['device']}
 PY
 fi
 
-run torchrun --nproc_per_node "$ngpu" -m dind.cli train --preset small --out "$out/did" \
+run "$torchrun" --nproc_per_node "$ngpu" -m dind.cli train --preset small --out "$out/did" \
     --init-from kuleshov-group/bd3lm-owt-block_size1024-pretrain \
     --corpus "$out/tokens" --tokenizer gpt2 \
     --block-sizes 4,1024 --block-probs 0.9,0.1 \

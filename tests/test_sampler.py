@@ -608,3 +608,127 @@ def test_window_stride_above_the_context_is_an_error():
     cfg = SamplerConfig(stages=(4, 64), remask=(0.5,), length=64, window_stride=17)
     with pytest.raises(DindError, match="window stride 17 exceeds the model's context 16"):
         run(cfg, model=MockDenoiser(16))
+
+
+def _real_model(cfg) -> DiT:
+    model = DiT(cfg).eval()
+    torch.nn.init.normal_(model.output_layer.linear.weight, std=0.5)
+    for blk in model.blocks:
+        torch.nn.init.normal_(blk.adaLN_modulation.weight, std=0.2)
+    return model
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [dict(), dict(sampler="ancestral", steps=2), dict(sampler="ancestral", kv_cache=False),
+     dict(kv_cache=False), dict(remask_policy="posthoc"), dict(remask_policy="random"),
+     dict(length=32, window_stride=8), dict(length=32, sampler="ancestral", steps=3)],
+)  # fmt: skip
+def test_sampling_makes_nothing_off_the_tokens_device(tiny_cfg, kwargs):
+    """On CUDA a counter made on the CPU stopped every ancestral run (a device mismatch). Here
+    the tokens are on the CPU and the default device is "meta": any tensor the sampler makes
+    without naming its device (as the NFE counters were) lands there and fails, so the same
+    samples come out only when everything follows the tokens (or is meant for the host)."""
+    model = _real_model(tiny_cfg)
+    L = kwargs.pop("length", 16)
+    cfg = SamplerConfig(stages=(4, L), remask=(0.5,), length=L, seed=3, **kwargs)
+    ref = sample(model, cfg, 3, 2, 31, 32)
+    draft_cfg = dataclasses.replace(cfg, stages=(4,), remask=())
+    with torch.device("meta"):
+        got = sample(model, cfg, 3, 2, 31, 32)
+        drafts = sample(model, draft_cfg, 3, 2, 31, 32)
+        refined = sample(model, cfg, 3, 2, 31, 32, drafts=drafts)
+    for other in (got, refined):
+        assert [s.stage_tokens for s in other] == [s.stage_tokens for s in ref]
+        assert [s.nfe for s in other] == [s.nfe for s in ref]
+        assert [s.cache_passes for s in other] == [s.cache_passes for s in ref]
+
+
+@pytest.mark.parametrize("sampler", ["first_hitting", "ancestral"])
+@pytest.mark.parametrize("use_cache", [True, False])
+def test_stage_counters_are_on_the_tokens_device(tiny_cfg, sampler, use_cache):
+    model = _real_model(tiny_cfg)
+    x = torch.full((2, 16), 32)
+    x[:, 0] = 31
+    conf = torch.zeros(2, 16, dtype=torch.float64)
+    gens = [torch.Generator().manual_seed(i) for i in range(2)]
+    settings = DenoiseSettings(32, sampler=sampler, steps=2)
+    nfe, passes = run_stage(model, x, conf, 4, settings, gens, use_cache, 16, 8)
+    assert nfe.device == passes.device == x.device
+    assert (x != 32).all() and (nfe > 0).all()
+
+
+def test_a_window_inside_one_block_attends_without_a_mask(tiny_cfg):
+    """Block L without the cache: the window is one block, so the all-True mask is left out
+    (SDPA's fast kernels take none); on the CPU the logits are the same, bit for bit."""
+    from dind.denoise import BlockView
+
+    view = BlockView(None, 16, None, 16)
+    assert view.window_mask(0, 16, "cpu") is None
+    assert view.window_mask(16, 32, "cpu") is None  # a window past the context, one block
+    assert view.window_mask(0, 12, "cpu") is None  # part of one block
+    assert view.window_mask(8, 24, "cpu") is not None  # straddles two blocks
+    assert BlockView(None, 4, None, 16).window_mask(0, 16, "cpu") is not None
+    model = _real_model(tiny_cfg)
+    for B, T in ((1, 16), (3, 16), (2, 7)):
+        x = torch.randint(0, 32, (B, T))
+        with torch.no_grad():
+            masked = model(x, mask=torch.ones(T, T, dtype=torch.bool))
+            bare = model(x)
+        assert torch.equal(masked, bare)
+
+
+def test_cli_dtype(trained_run):
+    """``--dtype``: auto is fp32 on the CPU (the same file as --dtype fp32, timings aside); a
+    bad value, or one that needs CUDA on a CPU machine, is a one-line error."""
+    run_dir, cache = str(trained_run / "run"), trained_run / "cache"
+    records = []
+    for name, dtype in (("auto", []), ("fp32", ["--dtype", "fp32"])):
+        out = trained_run / f"dtype_{name}.jsonl"
+        res = _cli("sample", "--checkpoint", run_dir, "--out", str(out), "--stages", "4,32",
+                   "--remask", "0.5", "--num-samples", "2", "--length", "32",
+                   "--sampler", "ancestral", "--no-progress", *dtype, cache=cache)  # fmt: skip
+        assert res.returncode == 0, res.stderr
+        records.append([{k: v for k, v in json.loads(line).items() if k != "seconds"}
+                        for line in out.read_text().splitlines()])  # fmt: skip
+    if not torch.cuda.is_available():
+        assert records[0] == records[1]
+    bad = [(["--dtype", "fp16"], "dtype must be one of auto, bf16, tf32, fp32")]
+    if not torch.cuda.is_available():
+        bad.append((["--dtype", "bf16"], "--dtype bf16 needs a CUDA device"))
+    for args, msg in bad:
+        res = _cli("sample", "--checkpoint", run_dir, "--out", str(trained_run / "x.jsonl"),
+                   "--no-progress", *args, cache=cache)  # fmt: skip
+        assert res.returncode == 2 and msg in res.stderr and "Traceback" not in res.stderr
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", ["auto", "bf16", "tf32", "fp32"])
+def test_cli_ancestral_sampler_on_cuda(trained_run, dtype):
+    """``--sampler ancestral`` end to end on CUDA (it stopped with a device mismatch) at every
+    precision, with and without the KV cache."""
+    for cache_flag in ("--kv-cache", "--no-kv-cache"):
+        out = trained_run / f"anc_{dtype}{cache_flag}.jsonl"
+        res = _cli("sample", "--checkpoint", str(trained_run / "run"), "--out", str(out),
+                   "--sampler", "ancestral", "--steps", "2", "--stages", "4,32", "--remask",
+                   "0.5", "--num-samples", "3", "--batch-size", "2", "--length", "32",
+                   "--dtype", dtype, cache_flag, "--no-progress",
+                   cache=trained_run / "cache")  # fmt: skip
+        assert res.returncode == 0, res.stderr
+        for r in (json.loads(line) for line in out.read_text().splitlines()):
+            assert 300 not in r["stage_tokens"][1] and len(r["remasked"][1]) == 16
+            assert all(isinstance(n, int) and n > 0 for n in r["nfe"])
+
+
+@pytest.mark.gpu
+def test_no_mask_block_pass_matches_the_all_true_mask_on_cuda(tiny_cfg):
+    """On CUDA the maskless pass takes another attention kernel: the same logits to kernel
+    rounding, in float32 and under bf16 autocast."""
+    model = _real_model(tiny_cfg).cuda()
+    x = torch.randint(0, 32, (4, 16), device="cuda")
+    full = torch.ones(16, 16, dtype=torch.bool, device="cuda")
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), model(x, mask=full), rtol=1e-4, atol=1e-4)
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            bare, masked = model(x).float(), model(x, mask=full).float()
+    torch.testing.assert_close(bare, masked, rtol=2e-2, atol=2e-2)

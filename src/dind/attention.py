@@ -18,8 +18,12 @@ predicate as a ``mask_mod`` and skips the blocks it rules out entirely.
 
 from __future__ import annotations
 
+import functools
+
 import torch
 from torch import Tensor
+
+from dind.devices import to_device
 
 
 def _block_diff_predicate(q_idx: Tensor, kv_idx: Tensor, seq_len: int, block_size) -> Tensor:
@@ -44,7 +48,8 @@ def block_diff_mask(
     idx = torch.arange(2 * seq_len, device=device)
     q_idx, kv_idx = idx[:, None], idx[None, :]  # (2L, 1), (1, 2L)
     if isinstance(block_size, Tensor):
-        bs = block_size.to(device=device, dtype=torch.long).view(-1, 1, 1)  # (B, 1, 1)
+        bs = block_size.to(dtype=torch.long)
+        bs = (bs if device is None else to_device(bs, device)).view(-1, 1, 1)  # (B, 1, 1)
         return _block_diff_predicate(q_idx[None], kv_idx[None], seq_len, bs)  # (B, 2L, 2L)
     return _block_diff_predicate(q_idx, kv_idx, seq_len, block_size)  # (2L, 2L)
 
@@ -65,26 +70,62 @@ def causal_mask(seq_len: int, device: torch.device | str | None = None) -> Tenso
 
 
 def flex_block_diff_mask(seq_len: int, block_size: int | Tensor, device: torch.device | str):
-    """The same mask as a FlexAttention ``BlockMask`` (CUDA); per-example block sizes work."""
-    from torch.nn.attention.flex_attention import create_block_mask
+    """The same mask as a FlexAttention ``BlockMask`` (CUDA); per-example block sizes work.
 
-    if isinstance(block_size, Tensor):
-        bs = block_size.to(device=device, dtype=torch.long)
+    The mask depends only on (L, block size, device), so each is built once per process
+    (``create_block_mask`` evaluates the predicate everywhere: far too slow for every training
+    micro-step). A batch of mixed block sizes gathers its rows from those cached masks; keep
+    ``block_size`` on the CPU to do it without waiting for the device (the sizes are read on
+    the host, the row index copied to the device without a sync)."""
+    if not isinstance(block_size, Tensor):
+        return _flex_single(seq_len, int(block_size), _device_key(device))
+    from torch.nn.attention.flex_attention import BlockMask
 
-        def mask_mod(b, h, q_idx, kv_idx):
-            return _block_diff_predicate(q_idx, kv_idx, seq_len, bs[b])
+    host = block_size.cpu()  # no sync when the caller passes CPU sizes (training does)
+    sizes = torch.unique(host).tolist()  # sorted
+    masks = [_flex_single(seq_len, b, _device_key(device)) for b in sizes]
+    row = to_device(torch.searchsorted(torch.tensor(sizes), host), device)
+    bs = to_device(host.to(dtype=torch.long), device)
 
-        batch = bs.shape[0]
-    else:
+    def mask_mod(b, h, q_idx, kv_idx):
+        return _block_diff_predicate(q_idx, kv_idx, seq_len, bs[b])
 
-        def mask_mod(b, h, q_idx, kv_idx):
-            return _block_diff_predicate(q_idx, kv_idx, seq_len, block_size)
+    def rows(name: str) -> Tensor | None:
+        parts = [getattr(m, name) for m in masks]
+        return None if parts[0] is None else torch.cat(parts)[row]  # (B, 1, ...)
 
-        batch = None
-    return create_block_mask(mask_mod, batch, None, 2 * seq_len, 2 * seq_len, device=device)
+    return BlockMask.from_kv_blocks(
+        rows("kv_num_blocks"), rows("kv_indices"), rows("full_kv_num_blocks"),
+        rows("full_kv_indices"), BLOCK_SIZE=masks[0].BLOCK_SIZE, mask_mod=mask_mod,
+        seq_lengths=masks[0].seq_lengths,
+    )  # fmt: skip
 
 
 def flex_causal_mask(seq_len: int, device: torch.device | str):
+    """The causal ``BlockMask`` of length ``seq_len``, built once per (length, device)."""
+    return _flex_causal(seq_len, _device_key(device))
+
+
+def _device_key(device: torch.device | str) -> str:
+    """A cache key that names the device: "cuda" means the current CUDA device."""
+    device = torch.device(device)
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", torch.cuda.current_device())
+    return str(device)
+
+
+@functools.lru_cache(maxsize=64)
+def _flex_single(seq_len: int, block_size: int, device: str):
+    from torch.nn.attention.flex_attention import create_block_mask
+
+    def mask_mod(b, h, q_idx, kv_idx):
+        return _block_diff_predicate(q_idx, kv_idx, seq_len, block_size)
+
+    return create_block_mask(mask_mod, None, None, 2 * seq_len, 2 * seq_len, device=device)
+
+
+@functools.lru_cache(maxsize=16)
+def _flex_causal(seq_len: int, device: str):
     from torch.nn.attention.flex_attention import create_block_mask
 
     return create_block_mask(

@@ -3,6 +3,8 @@
 ``bench_train`` times one optimizer step of the mixed-scale BD3 objective against the AR
 objective on the same model and the same tokens, interleaving the two so that both see the
 same machine state, and reports the median seconds per step and their ratio.
+``bench_sample`` samples at ``dind sample``'s precisions (``--dtype``, default auto: bf16
+autocast on CUDA, fp32 on the CPU) and records the one it ran as ``dtype``.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from typing import Any
 import torch
 
 from dind.config import BlockSizeDistribution, ModelConfig, preset
+from dind.devices import sampling_precision
 from dind.loss import ar_loss, bd3_loss
 from dind.mixed_scale import sample_block_sizes
 from dind.model import DiT
@@ -55,7 +58,7 @@ def bench_train(
         t0 = time.perf_counter()
         with autocast:
             if objective == "bd3":
-                loss = bd3_loss(model, cfg, x0, sample_block_sizes(dist, B, device)).loss
+                loss = bd3_loss(model, cfg, x0, sample_block_sizes(dist, B)).loss  # as training
             else:
                 loss = ar_loss(model, cfg, x0).loss
         loss.backward()
@@ -91,7 +94,9 @@ def bench_train(
     }
 
 
-def bench_sample(preset_name: str = "tiny", length: int = 256, num_samples: int = 2) -> dict:
+def bench_sample(
+    preset_name: str = "tiny", length: int = 256, num_samples: int = 2, dtype: str = "auto"
+) -> dict:
     """Seconds per sample (batch size 1, BD3-LM's protocol) for stage 1 with and without the
     KV cache, the full two stages (4, L) at gamma 0.25 and 0.5, and AR decoding with a KV
     cache on a causal model of the same size; all measured in this one run."""
@@ -119,18 +124,20 @@ def bench_sample(preset_name: str = "tiny", length: int = 256, num_samples: int 
         scfg = SamplerConfig(stages=stages, remask=remask, length=length, kv_cache=cache)
         return lambda: sample(model, scfg, 1, 1, bos, mask)
 
-    res = {
-        "stage1_cache": timed(diffusion((4,))),
-        "stage1_no_cache": timed(diffusion((4,), cache=False)),
-        "two_stage_gamma0.25": timed(diffusion((4, length), (0.25,))),
-        "two_stage_gamma0.5": timed(diffusion((4, length), (0.5,))),
-        "ar_cache": timed(lambda: ar_generate(model, length, 1, bos, mask)),
-    }
+    with sampling_precision(device, dtype) as dtype:
+        res = {
+            "stage1_cache": timed(diffusion((4,))),
+            "stage1_no_cache": timed(diffusion((4,), cache=False)),
+            "two_stage_gamma0.25": timed(diffusion((4, length), (0.25,))),
+            "two_stage_gamma0.5": timed(diffusion((4, length), (0.5,))),
+            "ar_cache": timed(lambda: ar_generate(model, length, 1, bos, mask)),
+        }
     return {
         "bench": "sample",
         "preset": preset_name,
         "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
         "threads": torch.get_num_threads(),
+        "dtype": dtype,
         "length": length,
         "params": model.num_params(),
         "num_samples": num_samples,

@@ -178,17 +178,27 @@ def sample(
         ),
     ] = False,
     show: Annotated[bool, typer.Option("--show", help="Render draft and revision.")] = False,
+    dtype: Annotated[
+        str,
+        typer.Option(
+            help="Precision of the model's passes: auto (bf16 on CUDA, fp32 on the CPU) | "
+            "bf16 | tf32 (CUDA) | fp32."
+        ),
+    ] = "auto",
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
 ) -> None:
     """Draft-then-refine sampling (Algorithm 1) with snapshot-confidence remasking."""
     from dind.checkpoint import load_checkpoint
+    from dind.devices import default_device, resolve_dtype, sampling_precision
     from dind.evaluate import BD3LM_ENTROPY_WINDOW
     from dind.sampler import SamplerConfig, write_samples
     from dind.sampler import sample as run_sample
 
     block_sizes = _parse_list(stages, int, "--stages")
     ratios = _parse_list(remask, float, "--remask") if remask else ()
-    ck = load_checkpoint(checkpoint, "cuda" if _cuda() else "cpu")
+    device = default_device()
+    resolve_dtype(dtype, device)  # a bad --dtype fails before the checkpoint loads
+    ck = load_checkpoint(checkpoint, device)
     cfg = SamplerConfig(stages=block_sizes, remask=ratios, remask_policy=remask_policy,
                         length=ck.run_config.model.seq_len if length is None else length,
                         top_p=top_p, nucleus=nucleus, sampler=sampler, steps=steps,
@@ -197,8 +207,9 @@ def sample(
                         window_stride=window_stride)  # fmt: skip
     tok = ck.tokenizer
     prompt_ids = tok.encode(prompt) if prompt else None
-    samples = run_sample(ck.model, cfg, num_samples, batch_size, tok.bos_id, tok.mask_id,
-                         prompt_ids, progress=progress)  # fmt: skip
+    with sampling_precision(device, dtype):
+        samples = run_sample(ck.model, cfg, num_samples, batch_size, tok.bos_id, tok.mask_id,
+                             prompt_ids, progress=progress)  # fmt: skip
     write_samples(out, samples, tok, cfg)
     if show:
         from dind.show import render_sample
@@ -215,12 +226,6 @@ def sample(
         f"wrote {len(samples)} samples to {out}; mean NFE per sample {sum(per_stage):.0f} "
         f"({' + '.join(f'{n:.0f}' for n in per_stage)} by stage){redrawn}"
     )
-
-
-def _cuda() -> bool:
-    import torch
-
-    return torch.cuda.is_available()
 
 
 @app.command("eval")
@@ -270,9 +275,10 @@ def eval_(
         if samples is None:
             raise DindError("give a samples file, or --checkpoint for held-out NELBO")
         records = evaluate.read_samples(samples)  # validate before loading a judge
+        from dind.devices import default_device
         from dind.judges import load_judge
 
-        scorer = load_judge(judge, "cuda" if _cuda() else "cpu", judge_max_tokens)
+        scorer = load_judge(judge, default_device(), judge_max_tokens)
         result = evaluate.evaluate_samples(records, scorer, entropy_threshold, progress)
         result["samples_file"] = str(samples)
         result["judge_max_tokens"] = judge_max_tokens
@@ -358,12 +364,13 @@ def bench_sample(
     length: Annotated[int, typer.Option(help="L.")] = 256,
     preset: Annotated[str, typer.Option(help="Model size.")] = "tiny",
     num_samples: Annotated[int, typer.Option(help="Samples per timing.")] = 2,
+    dtype: Annotated[str, typer.Option(help="auto | bf16 | tf32 | fp32, as dind sample.")] = "auto",
     out: Annotated[Path | None, typer.Option(help="Also write JSON.")] = None,
 ) -> None:
     """Seconds per sample: stage 1 with/without cache, two stages, AR decoding."""
     from dind.bench import bench_sample as run_bench
 
-    result = run_bench(preset, length, num_samples)
+    result = run_bench(preset, length, num_samples, dtype)
     typer.echo(json.dumps(result, indent=2))
     if out is not None:
         out.write_text(json.dumps(result, indent=2))

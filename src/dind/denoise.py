@@ -22,9 +22,12 @@ Design choices:
 - Snapshot confidence (eq. 5) is the probability the denoiser gave the committed token at the
   moment it was committed: by default the model's own (untruncated) probability; with
   ``confidence="nucleus"`` the top-p-renormalized one.
-- NFEs are counted per sample: a denoiser call counts for a row when that row had a masked
-  token in the block (and, for the ancestral sampler, when its tokens changed since its last
-  prediction: an unchanged block reuses the last prediction and costs nothing).
+- A window that lies inside one block (a stage whose block is L, no cache) attends without a
+  mask: it would be all True, and SDPA's fastest kernels take no mask.
+- NFEs are counted per sample, in counters on the tokens' device: a denoiser call counts for
+  a row when that row had a masked token in the block (and, for the ancestral sampler, when
+  its tokens changed since its last prediction: an unchanged block reuses the last prediction
+  and costs nothing).
 """
 
 from __future__ import annotations
@@ -53,6 +56,14 @@ class BlockView:
     def window_start(self, end: int) -> int:
         return 0 if self.context is None else max(0, end - self.context)
 
+    def window_mask(self, lo: int, end: int, device) -> Tensor | None:
+        """The block-causal mask of the window [lo, end), or None where the whole window is
+        one block and every token sees every other (a stage whose block is L): no mask lets
+        attention take its fastest kernels, and on the CPU gives the same logits (tested)."""
+        if lo // self.block_size == (end - 1) // self.block_size:
+            return None
+        return block_causal_mask(end, self.block_size, device, lo)  # (end - lo, end - lo)
+
     @torch.no_grad()
     def logits(self, x: Tensor, start: int, end: int, index: Tensor | None = None) -> Tensor:
         """(B, end - start, V) logits for the block, or (B, k, V) at block offsets ``index``."""
@@ -61,7 +72,7 @@ class BlockView:
             pos = torch.arange(start - lo, end - lo, device=x.device)
             return self.model(x[:, start:end], positions=pos, kv_cache=self.cache,
                               logit_index=index)  # fmt: skip
-        mask = block_causal_mask(end, self.block_size, x.device, lo)  # (end - lo, end - lo)
+        mask = self.window_mask(lo, end, x.device)
         if index is not None:
             return self.model(x[:, lo:end], mask=mask, logit_index=index + start - lo)
         return self.model(x[:, lo:end], mask=mask)[:, start - lo : end - lo]

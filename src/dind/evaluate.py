@@ -193,15 +193,19 @@ def heldout_nelbo(
     batch_size: int = 8,
     seed: int = 0,
     progress: bool = False,
+    device: str | torch.device | None = None,
 ) -> dict[str, Any]:
     """NELBO (nats/token) on held-out rows with the unclipped bounds; for an AR checkpoint the
-    exact NLL. ``data``: "held-out" (the run's own corpus) or another corpus source."""
+    exact NLL. ``data``: "held-out" (the run's own corpus) or another corpus source. The model
+    runs on ``device`` (default: CUDA when there is one), in float32."""
     from dind import checkpoint as ckpt
     from dind.data import prepare_data
+    from dind.devices import default_device
     from dind.loss import ar_loss, bd3_loss
     from dind.noise import DEFAULT_EPS_MAX, DEFAULT_EPS_MIN
 
-    ck = ckpt.load_checkpoint(checkpoint)
+    device = torch.device(device or default_device())
+    ck = ckpt.load_checkpoint(checkpoint, device)
     cfg, run = ck.model.config, ck.run_config
     L = cfg.seq_len
     if not cfg.causal:
@@ -217,11 +221,11 @@ def heldout_nelbo(
     total, count = 0.0, 0
     for b in tqdm(range(n_batches), disable=not progress, desc="held-out NELBO"):
         idx = list(range(b * batch_size, min((b + 1) * batch_size, len(val))))
-        x0 = val.batch(idx)
+        x0 = val.batch(idx).to(device)
         if cfg.causal:
             res = ar_loss(ck.model, cfg, x0)
         else:
-            sizes = torch.full((len(x0),), block_size)
+            sizes = torch.full((len(x0),), block_size)  # on the CPU, where the loss reads it
             res = bd3_loss(ck.model, cfg, x0, sizes, DEFAULT_EPS_MIN, DEFAULT_EPS_MAX,
                            antithetic=True, resample=False, eval_mode=True)  # fmt: skip
         total += res.nll[res.token_mask].sum().item()

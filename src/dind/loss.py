@@ -37,7 +37,8 @@ def _log_prob_of(logits: Tensor, target: Tensor, mask_id: int | None) -> Tensor:
     the mask token's logit is excluded from the normaliser (SUBS)."""
     logits = logits.float()
     if mask_id is not None:
-        logits = logits.index_fill(-1, torch.tensor([mask_id], device=logits.device), NEG_INF)
+        index = torch.full((1,), mask_id, device=logits.device)  # made there: no host copy
+        logits = logits.index_fill(-1, index, NEG_INF)
     picked = logits.gather(-1, target[..., None]).squeeze(-1)
     return picked - torch.logsumexp(logits, dim=-1)
 
@@ -55,15 +56,17 @@ def bd3_loss(
 ) -> LossOutput:
     """Block diffusion NELBO with a block size per example (mixed-scale when they differ).
 
-    x0 (B, L) clean tokens; block_sizes (B,), each dividing L.
+    x0 (B, L) clean tokens; block_sizes (B,), each dividing L, on any device: on the CPU (as
+    training passes them) the noise and the mask are planned without waiting for x0's device.
     """
     B, L = x0.shape
-    t = noise.sample_t(block_sizes, L, eps_min, eps_max, antithetic)  # (B, L)
-    xt = noise.q_xt(x0, t, block_sizes, cfg.mask_id, eps_min, eps_max, resample)
+    host = block_sizes.cpu()
+    t = noise.sample_t(host, L, eps_min, eps_max, antithetic, device=x0.device)  # (B, L)
+    xt = noise.q_xt(x0, t, host, cfg.mask_id, eps_min, eps_max, resample)
     xt[:, 0] = x0[:, 0]  # BOS is never masked
     x_in = torch.cat((xt, x0), dim=1)  # (B, 2L)
     positions = torch.arange(L, device=x0.device).repeat(2)  # (2L,)
-    sizes = block_sizes if bool((block_sizes != block_sizes[0]).any()) else int(block_sizes[0])
+    sizes = host if bool((host != host[0]).any()) else int(host[0])
     if cfg.attn_backend == "flex":
         mask = attention.flex_block_diff_mask(L, sizes, x0.device)
     else:
@@ -73,8 +76,9 @@ def bd3_loss(
     masked = xt == cfg.mask_id
     nll = torch.where(masked, -log_p / t, torch.zeros_like(log_p))
     token_mask = torch.ones_like(masked)
-    if eval_mode:
-        token_mask[:, 0] = False
+    if not eval_mode:  # every token counts: the same sum as selecting them all, with no sync
+        return LossOutput(nll.sum() / token_mask.sum(), nll, token_mask)
+    token_mask[:, 0] = False
     return LossOutput(nll[token_mask].sum() / token_mask.sum(), nll, token_mask)
 
 

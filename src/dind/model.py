@@ -22,6 +22,7 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.nn.attention.flex_attention import flex_attention as _plain_flex_attention
 
 from dind.config import ModelConfig
 from dind.kv_cache import KVCache
@@ -106,11 +107,22 @@ class TimestepEmbedder(nn.Module):
 
 
 @functools.cache
-def _flex_attention(device_type: str):
-    """FlexAttention, compiled on CUDA (its fused kernel); eager elsewhere (forward only)."""
-    from torch.nn.attention.flex_attention import flex_attention
+def _compiled_flex_attention(device_type: str):
+    """FlexAttention, compiled once per process on CUDA (its fused kernel); eager elsewhere
+    (forward only)."""
+    if device_type == "cuda":
+        return torch.compile(_plain_flex_attention, dynamic=False)
+    return _plain_flex_attention
 
-    return torch.compile(flex_attention, dynamic=False) if device_type == "cuda" else flex_attention
+
+def flex_attention(q: Tensor, k: Tensor, v: Tensor, block_mask) -> Tensor:
+    """FlexAttention from eager code and from code ``torch.compile`` traces alike: traced (a
+    ``--compile`` model), the plain function, which the surrounding graph compiles into its
+    fused kernel; eager, the compiled function made once. Tracing never meets a
+    ``torch.compile`` call, nor the cache in front of it (either breaks the graph)."""
+    if torch.compiler.is_compiling():
+        return _plain_flex_attention(q, k, v, block_mask=block_mask)
+    return _compiled_flex_attention(q.device.type)(q, k, v, block_mask=block_mask)
 
 
 def modulate(x: Tensor, shift: Tensor, scale: Tensor) -> Tensor:
@@ -145,7 +157,7 @@ class DiTBlock(nn.Module):
         if kv_cache is not None:  # clean context from the sampler's cache
             k, v = kv_cache.write(layer, k, v)  # (B, H, S, hd), S = cached + T
         if self.attn_backend == "flex" and mask is not None and not isinstance(mask, Tensor):
-            out = _flex_attention(q.device.type)(q, k, v, block_mask=mask)
+            out = flex_attention(q, k, v, mask)
         else:
             if mask is not None and mask.dim() == 3:  # (B, T, S) -> (B, 1, T, S)
                 mask = mask[:, None]

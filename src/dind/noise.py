@@ -22,6 +22,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from dind.devices import to_device
+
 DEFAULT_EPS_MIN = 1e-3
 DEFAULT_EPS_MAX = 1.0
 MAX_RESAMPLE_TRIES = 100
@@ -53,10 +55,12 @@ def row_bounds(block_sizes: Tensor, intervals: Intervals) -> tuple[Bound, Bound]
             torch.tensor(hi, device=block_sizes.device))  # fmt: skip
 
 
-def _per_block(bound: Bound, block_sizes: Tensor, seq_len: int) -> Bound:
-    """A per-row bound repeated for each of the row's blocks: (G,)."""
+def _per_block(bound: Bound, host_sizes: Tensor, seq_len: int, device=None) -> Bound:
+    """A per-row bound repeated for each of the row's blocks: (G,), computed on the host from
+    the CPU block sizes, then on ``device`` (default: stays on the CPU)."""
     if isinstance(bound, Tensor):
-        return bound.repeat_interleave(seq_len // block_sizes)
+        per_block = bound.cpu().repeat_interleave(seq_len // host_sizes)
+        return per_block if device is None else to_device(per_block, device)
     return bound
 
 
@@ -74,22 +78,27 @@ def sample_t(
     eps_min: Bound = DEFAULT_EPS_MIN,
     eps_max: Bound = DEFAULT_EPS_MAX,
     antithetic: bool = True,
+    device: torch.device | str | None = None,
 ) -> Tensor:
-    """Per-token t (B, L), constant within each block, in each row's [eps_min, eps_max]."""
-    gid = block_ids(block_sizes, seq_len)  # (B, L)
-    n_blocks = seq_len // block_sizes  # (B,)
+    """Per-token t (B, L), constant within each block, in each row's [eps_min, eps_max], on
+    ``device`` (default: the block sizes'). Everything that depends only on the block sizes
+    is worked out on the host: with the sizes on the CPU, nothing waits for the device."""
+    device = block_sizes.device if device is None else torch.device(device)
+    host = block_sizes.cpu()
+    n_blocks = seq_len // host  # (B,)
     n = int(n_blocks.sum())
-    u = torch.rand(n, device=block_sizes.device)
+    u = torch.rand(n, device=device)
     if antithetic:
-        size_of_block = block_sizes.repeat_interleave(n_blocks)  # (G,)
-        for size in torch.unique(block_sizes).tolist():  # stratify each size group on its own
-            group = size_of_block == size
-            k = int(group.sum())
-            u[group] = (u[group] / k + torch.arange(k, device=u.device) / k) % 1
-    lo = _per_block(eps_min, block_sizes, seq_len)
-    hi = _per_block(eps_max, block_sizes, seq_len)
+        size_of_block = host.repeat_interleave(n_blocks)  # (G,)
+        for size in torch.unique(host).tolist():  # stratify each size group on its own
+            group = torch.nonzero(size_of_block == size).flatten()
+            k = len(group)
+            group = to_device(group, device)
+            u[group] = (u[group] / k + torch.arange(k, device=device) / k) % 1
+    lo = _per_block(eps_min, host, seq_len, device)
+    hi = _per_block(eps_max, host, seq_len, device)
     t_block = lo + (hi - lo) * u  # (G,)
-    return t_block[gid]
+    return t_block[block_ids(to_device(host, device), seq_len)]
 
 
 def q_xt(
@@ -101,16 +110,29 @@ def q_xt(
     eps_max: Bound = DEFAULT_EPS_MAX,
     resample: bool = True,
 ) -> Tensor:
-    """Forward process: mask each token independently with probability t (eq. 3)."""
-    move = torch.rand(x0.shape, device=x0.device) < t
+    """Forward process: mask each token independently with probability t (eq. 3).
+
+    The block sizes are read on the host (no wait for the device when they are on the CPU);
+    a resampled draw waits once per try, to learn whether a block must be drawn again."""
+    device = x0.device
+    move = torch.rand(x0.shape, device=device) < t
     L = x0.shape[1]
-    lo, hi = _per_block(eps_min, block_sizes, L), _per_block(eps_max, block_sizes, L)
+    host = block_sizes.cpu()
+    lo, hi = _per_block(eps_min, host, L), _per_block(eps_max, host, L)
     check_min, check_max = lo > DEFAULT_EPS_MIN, hi < DEFAULT_EPS_MAX  # bools, or (G,) each
     if resample and bool(torch.as_tensor(check_min | check_max).any()):
-        gid = block_ids(block_sizes, L)
-        sizes = torch.bincount(gid.flatten()).float()  # (G,)
+        lo, hi, check_min, check_max = (
+            to_device(v, device) if isinstance(v, Tensor) else v
+            for v in (lo, hi, check_min, check_max)
+        )
+        gid = block_ids(to_device(host, device), L)  # (B, L)
+        flat = gid.flatten()
+        sizes = to_device(host.repeat_interleave(L // host).float(), device)  # (G,) tokens each
         for _ in range(MAX_RESAMPLE_TRIES):  # bounds a block size cannot meet would loop forever
-            frac = torch.bincount(gid.flatten(), weights=move.flatten().float()) / sizes
+            masked = torch.zeros(len(sizes), device=device).index_add_(
+                0, flat, move.flatten().float()
+            )
+            frac = masked / sizes  # (G,) masked fraction of each block
             # a bound that is the default is never enforced (BD3-LM)
             bad = ((frac < lo) & check_min) | ((frac > hi) & check_max)
             if not bad.any():

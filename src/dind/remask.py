@@ -31,12 +31,14 @@ def select(
     """Positions (sorted) to mask again for one sample: scores (L,), eligible (L,) bool."""
     n = min(n, int(eligible.sum()))
     if n == 0:
-        return torch.zeros(0, dtype=torch.long)
+        return torch.zeros(0, dtype=torch.long, device="cpu")
     if policy == "random":
         candidates = torch.nonzero(eligible.cpu()).flatten()
         order = torch.randperm(len(candidates), generator=generator, device=generator.device)
         return candidates[order[:n].cpu()].sort().values
-    ranked = torch.where(eligible.cpu(), scores.double().cpu(), torch.tensor(float("inf")))
+    ranked = torch.where(
+        eligible.cpu(), scores.double().cpu(), torch.tensor(float("inf"), device="cpu")
+    )
     order = torch.sort(ranked, stable=True).indices  # ties: lower position first
     return order[:n].sort().values
 

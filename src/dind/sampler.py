@@ -54,6 +54,7 @@ from dind.denoise import (
     nucleus_sample,
     token_probs,
 )
+from dind.devices import autocast_dtype
 from dind.errors import DindError
 from dind.evaluate import BD3LM_ENTROPY_WINDOW, DEFAULT_ENTROPY_THRESHOLD, bd3lm_rejects
 
@@ -209,13 +210,17 @@ def run_stage(
     window: int,
     stride: int,
 ) -> tuple[Tensor, Tensor]:
-    """One stage of Algorithm 1 over a batch, in place: returns (nfe, cache_passes) per row.
+    """One stage of Algorithm 1 over a batch, in place: returns (nfe, cache_passes) per row,
+    on the tokens' device (as every counter the in-block samplers add to).
     ``window`` (at most L): the most positions a denoiser call sees; ``stride``: the step of
-    the window walk of a block of at least the window."""
+    the window walk of a block of at least the window. Under autocast (``dind.devices``) the
+    KV cache holds keys and values at the autocast dtype, as the model computes them."""
     B, L = x.shape
-    nfe = torch.zeros(B, dtype=torch.long)
-    passes = torch.zeros(B, dtype=torch.long)
-    cache = model.new_kv_cache(B, window) if use_cache and block_size < window else None
+    nfe = torch.zeros(B, dtype=torch.long, device=x.device)
+    passes = torch.zeros(B, dtype=torch.long, device=x.device)
+    cache = None
+    if use_cache and block_size < window:
+        cache = model.new_kv_cache(B, window, dtype=autocast_dtype(x.device))
     view = BlockView(model, block_size, cache, window)
     for start, end in stage_spans(L, block_size, window, stride):
         if (x[:, start:end] == settings.mask_id).any():
@@ -249,7 +254,7 @@ def sample_batch(
     generators = [torch.Generator(device=device).manual_seed(s) for s in seeds]
     settings = DenoiseSettings(mask_id, cfg.top_p, cfg.nucleus, cfg.confidence, cfg.sampler,
                                cfg.steps)  # fmt: skip
-    eligible = torch.ones(L, dtype=torch.bool)
+    eligible = torch.ones(L, dtype=torch.bool, device="cpu")  # read on the host (remask.select)
     eligible[: len(prefix)] = False
     if drafts is None:
         first = 0
@@ -270,7 +275,7 @@ def sample_batch(
     for k in range(first, len(cfg.stages)):
         block_size = cfg.stages[k]
         t0 = time.perf_counter()
-        extra = torch.zeros(B, dtype=torch.long)
+        extra = torch.zeros(B, dtype=torch.long, device=device)
         if k == 0:
             chosen = [[] for _ in range(B)]
         else:
@@ -296,12 +301,13 @@ def sample_batch(
                 s.redraws = n
         seconds = (time.perf_counter() - t0) / B  # the batch's time, shared equally
         tokens, confidences = x.tolist(), conf.tolist()
+        calls, filled = (nfe + extra).tolist(), passes.tolist()
         for r, s in enumerate(samples):
             s.remasked.append([int(p) for p in chosen[r]])
             s.stage_tokens.append(tokens[r])
             s.snapshot_confidence.append(confidences[r])
-            s.nfe.append(int(nfe[r] + extra[r]))
-            s.cache_passes.append(int(passes[r]))
+            s.nfe.append(calls[r])
+            s.cache_passes.append(filled[r])
             s.seconds.append(seconds)
             s.rng_state = generators[r].get_state()
     return samples
@@ -332,7 +338,7 @@ def _redraw_low_entropy(
         n, p = run_stage(model, xs, cs, block_size, settings, [generators[r] for r in failing],
                          use_cache, window, stride)  # fmt: skip
         x[rows], conf[rows] = xs, cs
-        nfe[rows.cpu()], passes[rows.cpu()] = n, p  # the kept draw's counts
+        nfe[rows], passes[rows] = n, p  # the kept draw's counts (all on x's device)
         for r in failing:
             redraws[r] += 1
         failing = [r for r in failing if bd3lm_rejects(x[r].tolist(), block_size)]
@@ -399,7 +405,9 @@ def ar_generate(
     generators = [torch.Generator(device=device).manual_seed(sample_seed(seed, i))
                   for i in range(batch_size)]  # fmt: skip
     x = torch.full((batch_size, length), bos_id, dtype=torch.long, device=device)
-    cache = model.new_kv_cache(batch_size, length) if use_cache else None
+    cache = None
+    if use_cache:
+        cache = model.new_kv_cache(batch_size, length, dtype=autocast_dtype(device))
     for i in range(length - 1):
         if cache is not None:
             logits = model(x[:, i : i + 1], positions=torch.arange(i, i + 1, device=device),

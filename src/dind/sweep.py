@@ -22,6 +22,8 @@ Design choices:
   setting's stage 1; the shared drafts are the accepted ones, so every setting refines the
   same drafts and the sample files carry their ``redraws``. ``judge_max_tokens`` cuts what the
   judge scores (``dind.judges``).
+- Sampling runs at ``dind sample``'s default precision (``dind.devices``): bfloat16 autocast
+  on CUDA, float32 on the CPU; the judge scores at its own.
 - Outputs: ``<kind>_seeds.csv``, ``<kind>.csv``, ``<kind>.png`` and ``<kind>.json`` in the
   output folder, and the samples of each (setting, seed) under ``samples/``, each written
   atomically.
@@ -235,9 +237,11 @@ def draw_and_judge(
     samples_dir: Path | None = None, label: str = "",
 ) -> list[dict[str, Any]]:  # fmt: skip
     """One row per (setting, seed): the judge's aggregate of that setting's samples."""
+    from dind.devices import sampling_precision
     from dind.evaluate import evaluate_samples
     from dind.sampler import sample, write_samples
 
+    device = next(model.parameters()).device  # "auto" precision there: bf16 on CUDA
     rows, drafts_by_key = [], {}
     pairs = [(seed, s) for seed in opts.seeds for s in settings]
     bar = tqdm(pairs, disable=not opts.progress, desc=f"sweep {label}".strip(), unit="setting")
@@ -248,11 +252,14 @@ def draw_and_judge(
         if len(cfg.stages) > 1:
             if key not in drafts_by_key:
                 first = dataclasses.replace(cfg, stages=cfg.stages[:1], remask=())
-                drafts_by_key[key] = sample(model, first, opts.num_samples, opts.batch_size,
-                                            tokenizer.bos_id, tokenizer.mask_id)  # fmt: skip
+                with sampling_precision(device):
+                    drafts_by_key[key] = sample(model, first, opts.num_samples,
+                                                opts.batch_size, tokenizer.bos_id,
+                                                tokenizer.mask_id)  # fmt: skip
             drafts = drafts_by_key[key]
-        drawn = sample(model, cfg, opts.num_samples, opts.batch_size, tokenizer.bos_id,
-                       tokenizer.mask_id, drafts=drafts)  # fmt: skip
+        with sampling_precision(device):
+            drawn = sample(model, cfg, opts.num_samples, opts.batch_size, tokenizer.bos_id,
+                           tokenizer.mask_id, drafts=drafts)  # fmt: skip
         if len(cfg.stages) == 1:
             drafts_by_key[key] = drawn
         if samples_dir is not None:
@@ -524,9 +531,9 @@ def _protocol(opts: SweepOptions) -> dict[str, Any]:
 
 
 def _device() -> str:
-    import torch
+    from dind.devices import default_device
 
-    return "cuda" if torch.cuda.is_available() else "cpu"
+    return default_device()
 
 
 # ----------------------------------------------------------------------------- training mixes

@@ -36,6 +36,7 @@ from dind import checkpoint as ckpt
 from dind import noise
 from dind.config import RunConfig
 from dind.data import TokenRows, batch_indices, load_corpus, prepare_data, tokenized_folder
+from dind.devices import to_device
 from dind.errors import DindError
 from dind.loss import LossOutput, ar_loss, bd3_loss
 from dind.mixed_scale import sample_block_sizes
@@ -155,7 +156,7 @@ def evaluate(
                     model,
                     run,
                     x0,
-                    torch.full((len(x0),), bs, device=device),
+                    torch.full((len(x0),), bs),  # on the CPU: read there without a sync
                     {bs: (noise.DEFAULT_EPS_MIN, noise.DEFAULT_EPS_MAX)},
                     eval_mode=True,
                 )
@@ -193,7 +194,7 @@ def clip_search(model, run: RunConfig, batches, bs: int, device, autocast) -> tu
                     model,
                     run.model,
                     x0,
-                    torch.full((len(x0),), bs, device=device),
+                    torch.full((len(x0),), bs),
                     lo,
                     hi,
                     run.train.noise.antithetic,
@@ -387,19 +388,24 @@ def train(
     t0, tokens = time.time(), 0
     for step in range(start, tc.max_steps):
         _seed_step(tc.seed, step, rank)
-        total = 0.0
+        # A micro-step never waits for the device: the batch goes over pinned and asynchronous,
+        # the block sizes stay on the CPU (the host plans the noise and the mask from them), and
+        # the loss adds up on the device in float64 (the sum Python's floats gave), read once
+        # per optimizer step.
+        loss_sum = torch.zeros((), dtype=torch.float64, device=device)
         for micro in range(tc.grad_accum):
             idx = batch_indices(
                 len(train_rows), tc.batch_size, step * tc.grad_accum + micro, tc.seed, rank, world
             )
-            x0 = train_rows.batch(idx).to(device)
-            sizes = sample_block_sizes(tc.block_dist, len(x0), device)
+            x0 = to_device(train_rows.batch(idx), device)
+            sizes = sample_block_sizes(tc.block_dist, len(x0))
             sync = world == 1 or micro == tc.grad_accum - 1
             with nullcontext() if sync else net.no_sync(), autocast:
                 res = compute_loss(net, run, x0, sizes, intervals)
             (res.loss / tc.grad_accum).backward()
-            total += res.loss.item() / tc.grad_accum
+            loss_sum += res.loss.detach().double() / tc.grad_accum
             tokens += x0.numel() * world
+        total = loss_sum.item()
         if not math.isfinite(total):
             raise DindError(f"loss became {total} at step {step + 1}; lower --lr")
         grad_norm = (
