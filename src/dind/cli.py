@@ -260,11 +260,35 @@ def eval_(
     ] = "held-out",
     block_size: Annotated[int | None, typer.Option(help="Block size for the NELBO.")] = None,
     max_batches: Annotated[int | None, typer.Option(help="Cap on held-out batches.")] = None,
+    mauve: Annotated[
+        bool,
+        typer.Option(
+            "--mauve",
+            help="Also MAUVE of the samples against held-out text of --reference, on the "
+            "judge's last-token hidden states.",
+        ),
+    ] = False,
+    reference: Annotated[
+        str | None,
+        typer.Option(
+            help="MAUVE's reference: a dind run (the corpus it records) or a corpus; its "
+            "held-out documents are used."
+        ),
+    ] = None,
+    mauve_seeds: Annotated[
+        str, typer.Option(help="MAUVE seeds (reference draw and k-means); mean and std over them.")
+    ] = "0,1,2",
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
 ) -> None:
-    """Generative perplexity of samples under a judge, or held-out NELBO of a checkpoint."""
+    """Generative perplexity of samples under a judge (and MAUVE with --mauve), or held-out
+    NELBO of a checkpoint."""
     from dind import evaluate
 
+    if mauve and checkpoint is not None:
+        raise DindError("--mauve scores samples: drop --checkpoint")
+    if mauve and reference is None:
+        raise DindError("--mauve needs --reference: a dind run (its corpus) or a corpus")
+    seeds = _parse_list(mauve_seeds, int, "--mauve-seeds")
     if checkpoint is not None:
         result = evaluate.heldout_nelbo(checkpoint, block_size, data, max_batches,
                                         progress=progress)  # fmt: skip
@@ -279,9 +303,23 @@ def eval_(
         from dind.judges import load_judge
 
         scorer = load_judge(judge, default_device(), judge_max_tokens)
+        held_out = None
+        if mauve:  # every check before the long Gen PPL loop
+            from dind import mauve as mauve_lib
+
+            mauve_lib.check_judge(scorer)
+            if not seeds:
+                raise DindError("--mauve-seeds names no seed")
+            held_out = mauve_lib.held_out_text(reference, scorer)
         result = evaluate.evaluate_samples(records, scorer, entropy_threshold, progress)
         result["samples_file"] = str(samples)
         result["judge_max_tokens"] = judge_max_tokens
+        if held_out is not None:
+            texts = [r["text"] for r in records]
+            m = mauve_lib.evaluate_mauve(texts, scorer, held_out, seeds, progress)
+            result["aggregate"]["mauve"] = m["mauve"]
+            result["aggregate"]["mauve_std"] = m["mauve_std"]
+            result["mauve"] = m
         typer.echo(evaluate.format_table(result))
     if out is not None:
         _write_json(out, result)

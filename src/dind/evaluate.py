@@ -15,6 +15,8 @@ Design choices:
   (a record's final ``stage_tokens``, windows ending at its stage-1 block boundaries), not on
   the judge's re-tokenization, so it reports what BD3-LM would have redrawn. The sampler
   applies the same function to its drafts (``SamplerConfig.retry_low_entropy``).
+- MAUVE (``--mauve``, ``dind.mauve``) compares the samples with held-out corpus text on the
+  judge's hidden states; its mean and std over its own seeds join the aggregate.
 - Held-out NELBO uses BD3-LM's unclipped bounds (1e-3, 1): an upper bound on the test
   perplexity at the chosen block size (exact NLL for an AR model).
 """
@@ -181,6 +183,15 @@ def format_table(result: dict[str, Any]) -> str:
         lines.append(f"low-entropy redraws per sample: {a['redraws_mean']:.2f}")
     if "invalid_token_share" in a:
         lines.append(f"invalid tokens (oracle): {a['invalid_token_share']:.2%}")
+    if "mauve" in result:
+        m = result["mauve"]
+        spread = "" if m["mauve_std"] is None else f" ± {m['mauve_std']:.3f}"
+        lines.append(
+            f"MAUVE {m['mauve']:.3f}{spread} over seeds {','.join(map(str, m['seeds']))} "
+            f"({', '.join(f'{v:.3f}' for v in m['per_seed'])}) | {m['n_texts']} samples vs as "
+            f"many held-out chunks of {m['reference']} | {m['n_clusters']} clusters"
+            + (" | reference chunks overlap" if m["reference_overlap"] else "")
+        )
     return "\n".join(lines)
 
 

@@ -95,6 +95,15 @@ def check_max_tokens(max_tokens: int) -> int:
     return max_tokens
 
 
+def feature_tokens(judge) -> int:
+    """How many of a text's judge tokens its MAUVE feature reads: the first window (BOS +
+    context - 1 tokens), or fewer under ``max_tokens`` N (BOS + N - 1), as Gen PPL's cut."""
+    cap = judge.context
+    if judge.max_tokens is not None:
+        cap = min(cap, judge.max_tokens)
+    return cap - 1
+
+
 def strided_nll(
     tokens: list[int],
     bos_id: int,
@@ -191,9 +200,22 @@ class HFJudge:
 
     @torch.inference_mode()
     def score(self, text: str) -> JudgeScore:
-        tokens = self.tokenizer(text, add_special_tokens=False).input_ids
+        tokens = self.encode(text)
         return strided_nll(tokens, self.bos_id, self.eos_id, self.context, self.stride,
                            self._logits, self.device, self.max_tokens)  # fmt: skip
+
+    def encode(self, text: str) -> list[int]:
+        return self.tokenizer(text, add_special_tokens=False).input_ids
+
+    def decode(self, ids: list[int]) -> str:
+        return self.tokenizer.decode(ids)
+
+    @torch.inference_mode()
+    def features(self, tokens: list[int]) -> torch.Tensor:
+        """The final layer's hidden state (after the model's final norm) at the last of BOS +
+        the first ``feature_tokens(self)`` tokens: the text's feature for MAUVE."""
+        x = torch.tensor([[self.bos_id, *tokens[: feature_tokens(self)]]], device=self.device)
+        return self.model.base_model(input_ids=x).last_hidden_state[0, -1].float().cpu()
 
 
 class DindARJudge:
@@ -230,6 +252,33 @@ class DindARJudge:
             tok.encode(text), tok.bos_id, tok.eos_id, self.context, self.stride, self._logits,
             self.device, self.max_tokens,
         )  # fmt: skip
+
+    def encode(self, text: str) -> list[int]:
+        return self.tokenizer.encode(text)
+
+    def decode(self, ids: list[int]) -> str:
+        return self.tokenizer.decode(ids)
+
+    @property
+    def eos_id(self) -> int:
+        return self.tokenizer.eos_id
+
+    @torch.inference_mode()
+    def features(self, tokens: list[int]) -> torch.Tensor:
+        """The final norm's output (before the output layer's adaLN and projection) at the last
+        of BOS + the first ``feature_tokens(self)`` tokens: the text's feature for MAUVE."""
+        x = torch.tensor([[self.tokenizer.bos_id, *tokens[: feature_tokens(self)]]],
+                         device=self.device)  # fmt: skip
+        seen: list[torch.Tensor] = []
+        hook = self.model.output_layer.norm_final.register_forward_hook(
+            lambda module, args, out: seen.append(out)
+        )
+        try:  # only the last position goes through the output layer
+            last = torch.tensor([[x.shape[1] - 1]], device=self.device)
+            self.model(x, mask=self._causal_mask(x.shape[1], x.device), logit_index=last)
+        finally:
+            hook.remove()
+        return seen[0][0, -1].float().cpu()
 
 
 class OracleJudge:
