@@ -68,7 +68,8 @@ def train(
     ] = None,
     objective: Annotated[str | None, typer.Option(help="bd3 | ar")] = None,
     corpus: Annotated[
-        str | None, typer.Option(help="'shakespeare' or comma-separated text files/folders.")
+        str | None,
+        typer.Option(help="'shakespeare', 'english' or comma-separated text files/folders."),
     ] = None,
     tokenizer: Annotated[str | None, typer.Option(help="gpt2 | bpe")] = None,
     seq_len: Annotated[int | None, typer.Option(help="Sequence length L.")] = None,
@@ -395,6 +396,29 @@ def data_openwebtext(
     typer.echo(f"wrote {out}: {meta['n_tokens']['train']} training and "
                f"{meta['n_tokens']['val']} held-out tokens; train with --corpus {out} "
                "--tokenizer gpt2")  # fmt: skip
+
+
+@data_app.command("english")
+def data_english(
+    tokens: Annotated[bool, typer.Option(help="Count each source's GPT-2 tokens.")] = True,
+    bpe_vocab_size: Annotated[
+        int | None,
+        typer.Option(help="Also count tokens of a BPE of this size trained on the training part."),
+    ] = None,
+) -> None:
+    """Fetch and cache the `english` corpus (once) and print its sources: documents, tokens,
+    licence."""
+    from dind.english import format_table, load_english, token_counts
+    from dind.tokenizer import gpt2_tokenizer, train_bpe
+
+    english = load_english()
+    counts = {}
+    if tokens:
+        counts["GPT-2 tokens"] = token_counts(english, gpt2_tokenizer())
+    if bpe_vocab_size:
+        bpe = train_bpe(english.corpus.train_docs, bpe_vocab_size)
+        counts[f"BPE-{bpe_vocab_size} tokens"] = token_counts(english, bpe)
+    typer.echo(format_table(english, counts))
 
 
 @bench_app.command("sample")

@@ -182,7 +182,8 @@ class TrainConfig:
     noise: NoiseConfig = field(default_factory=NoiseConfig)
     """Noise schedule bounds and their search."""
     corpus: str = "shakespeare"
-    """"shakespeare" (the embedded default) or comma-separated text files/folders."""
+    """"shakespeare" (the embedded default), "english" (it and more public-domain English:
+    ``dind.english``) or comma-separated text files/folders."""
     tokenizer: str = "bpe"
     """"gpt2" (BD3-LM's, vocab 50257 + mask) or "bpe" (trained on the corpus)."""
     bpe_vocab_size: int = 4096

