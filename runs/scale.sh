@@ -14,7 +14,8 @@
 #        SEEDS, NUM_SAMPLES  sampling seeds and samples per seed (default 0,1,2 and 8)
 # Results (CSV, JSON, PNG; samples JSONL of sampling seed 0 only) go to OUT/<judge>-s<seed>/
 # (judge smollm2 or ar), the held-out NELBO at block 4 to OUT/nelbo-s<seed>.json.
-# Re-running reuses finished training runs and skips finished sweeps.
+# Re-running reuses finished training runs and skips finished sweeps. DRY_RUN=1 prints the
+# commands instead.
 set -euo pipefail
 size=${1:?usage: runs/scale.sh SIZE OUT}
 out=${2:?usage: runs/scale.sh SIZE OUT}
@@ -28,44 +29,51 @@ case $size in
   *) echo "error: unknown size '$size' (tiny | base | small)" >&2; exit 2 ;;
 esac
 common=(--seeds "${SEEDS:-0,1,2}" --num-samples "${NUM_SAMPLES:-8}" --batch-size 8 --no-progress)
-mkdir -p "$out" "$models"
-log() { echo "$(date +%T) $*" | tee -a "$out/scale.log"; }
+run() {  # run "$@" with stdout to the file named by $to (default: discarded)
+  echo "+ $*"
+  [ -n "${DRY_RUN:-}" ] || "$@" >"${to:-/dev/null}"
+}
+if [ -n "${DRY_RUN:-}" ]; then log() { :; }; else
+  mkdir -p "$out" "$models"
+  log() { echo "$(date +%T) $*" | tee -a "$out/scale.log"; }
+fi
 
 # The in-domain judge: an AR model of the same size, corpus and total budget.
 ar=$models/ar-judge
 if [ ! -e "$ar/checkpoint" ]; then
   log "training the AR judge ($size, $((pre + ft)) steps)"
-  "$dind" train --out "$ar" --preset "$size" --corpus "$corpus" --objective ar \
-    --max-steps $((pre + ft)) --seed 100 --no-progress >"$out/train-ar-judge.log"
+  to=$out/train-ar-judge.log run "$dind" train --out "$ar" --preset "$size" --corpus "$corpus" \
+    --objective ar --max-steps $((pre + ft)) --seed 100 --no-progress
 fi
 
 for s in ${TRAIN_SEEDS:-0 1 2}; do
   p=$models/pretrain-s$s m=$models/bd3-s$s
   if [ ! -e "$p/checkpoint" ]; then
     log "seed $s: pretraining at block L ($pre steps)"
-    "$dind" train --out "$p" --preset "$size" --corpus "$corpus" --seed "$s" --max-steps "$pre" \
-      --block-sizes $L --block-probs 1 --no-progress >"$out/train-pretrain-s$s.log"
+    to=$out/train-pretrain-s$s.log run "$dind" train --out "$p" --preset "$size" \
+      --corpus "$corpus" --seed "$s" --max-steps "$pre" --block-sizes $L --block-probs 1 \
+      --no-progress
   fi
   if [ ! -e "$m/checkpoint" ]; then
     log "seed $s: mixed-scale fine-tuning ($ft steps)"
-    "$dind" train --out "$m" --preset "$size" --corpus "$corpus" --seed "$s" --max-steps "$ft" \
-      --init-from "$p" --no-progress >"$out/train-bd3-s$s.log"
+    to=$out/train-bd3-s$s.log run "$dind" train --out "$m" --preset "$size" \
+      --corpus "$corpus" --seed "$s" --max-steps "$ft" --init-from "$p" --no-progress
   fi
-  "$dind" eval --checkpoint "$m" --block-size 4 --no-progress --out "$out/nelbo-s$s.json" \
-    >/dev/null
+  run "$dind" eval --checkpoint "$m" --block-size 4 --no-progress --out "$out/nelbo-s$s.json"
   for judge in smollm2 ar; do
     j=$judge; [ "$judge" = ar ] && j=$ar
     d=$out/$judge-s$s
-    [ -e "$d/policy.csv" ] || { log "seed $s, judge $judge: policy"; "$dind" sweep policy \
-      --checkpoint "$m" --out "$d" --judge "$j" "${common[@]}" >/dev/null; }
-    [ -e "$d/gamma.csv" ] || { log "seed $s, judge $judge: gamma"; "$dind" sweep gamma \
+    [ -e "$d/policy.csv" ] || { log "seed $s, judge $judge: policy"; run "$dind" sweep policy \
+      --checkpoint "$m" --out "$d" --judge "$j" "${common[@]}"; }
+    [ -e "$d/gamma.csv" ] || { log "seed $s, judge $judge: gamma"; run "$dind" sweep gamma \
       --checkpoint "$m" --out "$d" --judge "$j" --gammas 0.25,0.5,0.75 --block-sizes 16,L \
-      "${common[@]}" >/dev/null; }
-    [ -e "$d/topp.csv" ] || { log "seed $s, judge $judge: top-p frontier"; "$dind" sweep topp \
-      --checkpoint "$m" --out "$d" --judge "$j" --top-ps 0.95,0.9,0.8,0.7,0.6,0.5 \
-      --gammas 0.25,0.5 "${common[@]}" >/dev/null; }
+      "${common[@]}"; }
+    [ -e "$d/topp.csv" ] || { log "seed $s, judge $judge: top-p frontier"; run "$dind" sweep \
+      topp --checkpoint "$m" --out "$d" --judge "$j" --top-ps 0.95,0.9,0.8,0.7,0.6,0.5 \
+      --gammas 0.25,0.5 "${common[@]}"; }
     # keep the results small: the samples of sampling seed 0 only
-    find "$d/samples" -name '*.jsonl' ! -name '*_seed0.jsonl' -delete 2>/dev/null || true
+    [ -n "${DRY_RUN:-}" ] || find "$d/samples" -name '*.jsonl' ! -name '*_seed0.jsonl' -delete \
+      2>/dev/null || true
   done
 done
 log "done: $out (tables: .venv/bin/python runs/results_tables.py $out)"

@@ -1,0 +1,44 @@
+"""The study scripts under runs/, checked by a dry run (they take hours for real)."""
+
+import os
+import re
+import subprocess
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _dry_run(*args, **env):
+    res = subprocess.run(["bash", str(REPO / "runs" / "scale.sh"), *args], capture_output=True,
+                         text=True, env={**os.environ, "DRY_RUN": "1", **env}, cwd=REPO,
+                         timeout=60)  # fmt: skip
+    return res, [line[2:] for line in res.stdout.splitlines() if line.startswith("+ ")]
+
+
+def test_scale_study_follows_the_paper_recipe_for_every_model(tmp_path):
+    res, commands = _dry_run("base", str(tmp_path / "out"), TRAIN_SEEDS="0 1", PRE="7", FT="3")
+    assert res.returncode == 0, res.stderr
+    assert not (tmp_path / "out").exists()  # a dry run writes nothing
+    assert all(c.startswith(".venv/bin/dind ") for c in commands)
+    trains = [c for c in commands if " train " in c]
+    ar = [c for c in trains if "--objective ar" in c]
+    assert len(ar) == 1 and "--max-steps 10" in ar[0]  # the judge gets the same budget
+    for seed in (0, 1):
+        pre = next(c for c in trains if f"pretrain-s{seed} " in c)
+        ft = next(c for c in trains if f"bd3-s{seed} " in c)
+        assert "--block-sizes 256 --block-probs 1" in pre and "--max-steps 7" in pre
+        assert f"--init-from {tmp_path}/out/models/pretrain-s{seed}" in ft and "--max-steps 3" in ft
+        assert trains.index(pre) < trains.index(ft)
+        for judge in ("smollm2", f"{tmp_path}/out/models/ar-judge"):
+            sweeps = [c for c in commands if " sweep " in c and f"--judge {judge} " in c
+                      and f"bd3-s{seed} " in c]  # fmt: skip
+            kinds = [re.search(r" sweep (\w+)", c).group(1) for c in sweeps]
+            assert kinds == ["policy", "gamma", "topp"]
+            assert "--gammas 0.25,0.5,0.75 --block-sizes 16,L" in sweeps[1]
+            assert "--top-ps 0.95,0.9,0.8,0.7,0.6,0.5" in sweeps[2]
+
+
+def test_scale_study_refuses_an_unknown_size(tmp_path):
+    res, commands = _dry_run("huge", str(tmp_path))
+    assert res.returncode == 2 and not commands
+    assert res.stderr.strip() == "error: unknown size 'huge' (tiny | base | small)"
