@@ -24,7 +24,7 @@ models=${MODELS:-$out/models}
 corpus=${CORPUS:-english}
 case $size in
   tiny) L=128; pre=${PRE:-450}; ft=${FT:-150} ;;
-  base) L=256; pre=${PRE:-750}; ft=${FT:-250} ;;
+  base) L=256; pre=${PRE:-360}; ft=${FT:-120} ;;
   small) L=1024; pre=${PRE:-30000}; ft=${FT:-10000} ;;
   *) echo "error: unknown size '$size' (tiny | base | small)" >&2; exit 2 ;;
 esac
