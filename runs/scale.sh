@@ -59,7 +59,8 @@ for s in ${TRAIN_SEEDS:-0 1 2}; do
     to=$out/train-bd3-s$s.log run "$dind" train --out "$m" --preset "$size" \
       --corpus "$corpus" --seed "$s" --max-steps "$ft" --init-from "$p" --no-progress
   fi
-  run "$dind" eval --checkpoint "$m" --block-size 4 --no-progress --out "$out/nelbo-s$s.json"
+  [ -e "$out/nelbo-s$s.json" ] || run "$dind" eval --checkpoint "$m" --block-size 4 \
+    --no-progress --out "$out/nelbo-s$s.json"
   for judge in smollm2 ar; do
     j=$judge; [ "$judge" = ar ] && j=$ar
     d=$out/$judge-s$s

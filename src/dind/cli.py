@@ -761,8 +761,7 @@ def frontier(
     if sweeps:
         result, ref = [], []
         for path in sweeps:
-            r = fr.select([path], reference_series)
-            c = fr.select([path], candidate_series, exclude=reference_series)
+            r, c = fr.split_record(path, reference_series, candidate_series)
             for s in fr.compare(r, c):
                 result.append({**s, "setting": f"{path}: {s['setting']}"} if len(sweeps) > 1
                               else s)  # fmt: skip

@@ -101,8 +101,9 @@ def run_demo(
     print(f"{header[0]:<48} {'Gen PPL':>9} {'±':>6} {'entropy':>8} {'NFE':>6} {'s/sample':>9}")
     for name, ppl, sd, ent, nfe, sec in table:
         print(f"{name:<48} {ppl:>9.1f} {sd:>6.1f} {ent:>8.2f} {nfe:>6.0f} {sec:>9.3f}")
-    print(_honest_view(frontier_result.summary, by_name[stage1.name], by_name[main.name],
-                       scorer.name))  # fmt: skip
+    honest = _honest_view(frontier_result.summary, by_name[stage1.name], by_name[main.name],
+                          scorer.name)  # fmt: skip
+    print(honest)
     print("\nThe frontier (Gen PPL against entropy; 'vs stage 1' is the gap to stage 1's "
           "top-p curve at the same entropy):")  # fmt: skip
     print(sweep.format_summary(frontier_result.summary, scorer.name))
@@ -127,10 +128,7 @@ def run_demo(
             f"nats/token). Stage 1 drafts with block 4 and a KV cache; stage 2 masks the "
             f"least confident fraction gamma of the draft again (snapshot confidence) and "
             f"re-fills it with block {L}, the whole sequence. Judge: {scorer.name}; "
-            f"{num_samples} samples per seed, seeds {list(seeds)}. "
-            + _honest_view(
-                frontier_result.summary, by_name[stage1.name], by_name[main.name], scorer.name
-            )  # fmt: skip
+            f"{num_samples} samples per seed, seeds {list(seeds)}. " + honest  # fmt: skip
         ),
         samples=records,
         tokenizer=tok,

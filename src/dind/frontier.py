@@ -31,7 +31,7 @@ REFERENCE = "reference"
 
 __all__ = [
     "add_matched_gaps", "compare", "curve_at", "format_gaps", "load_points",
-    "matched_entropy_gaps", "select",
+    "matched_entropy_gaps", "select", "split_record",
 ]  # fmt: skip
 
 
@@ -114,6 +114,16 @@ def load_points(path: Path) -> tuple[list[dict[str, Any]], bool]:
     raise DindError(f"frontier: {path} is neither a sweep record nor a `dind eval --out` file")
 
 
+def _keep(
+    rows: list[dict[str, Any]], path: Path, series: str | None, exclude: str | None
+) -> list[dict[str, Any]]:
+    rows = [r for r in rows if (series is None or r["series"] == series)
+            and r["series"] != exclude]  # fmt: skip
+    if not rows:
+        raise DindError(f"frontier: {path} has no rows of series {series!r}")
+    return rows
+
+
 def select(
     paths: Sequence[Path], series: str | None, exclude: str | None = None
 ) -> list[dict[str, Any]]:
@@ -124,14 +134,22 @@ def select(
     for path in paths:
         rows, is_sweep = load_points(path)
         if is_sweep:
-            rows = [r for r in rows if (series is None or r["series"] == series)
-                    and r["series"] != exclude]  # fmt: skip
-            if not rows:
-                raise DindError(f"frontier: {path} has no rows of series {series!r}")
-        if len(paths) > 1 and is_sweep:
-            rows = [{**r, "setting": f"{path}: {r['setting']}"} for r in rows]
+            rows = _keep(rows, path, series, exclude)
+            if len(paths) > 1:
+                rows = [{**r, "setting": f"{path}: {r['setting']}"} for r in rows]
         out += rows
     return out
+
+
+def split_record(
+    path: Path, reference_series: str, candidate_series: str | None
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """One sweep record read once: its reference curve and the points to place against it."""
+    rows, is_sweep = load_points(path)
+    if not is_sweep:  # an evaluation's one point is both, as ``select`` gives it
+        return rows, rows
+    return (_keep(rows, path, reference_series, None),
+            _keep(rows, path, candidate_series, reference_series))  # fmt: skip
 
 
 def compare(
@@ -150,13 +168,11 @@ def compare(
                            "gen_ppl": math.exp(statistics.fmean(math.log(r["gen_ppl"])
                                                                 for r in mine))})  # fmt: skip
     seeds = {r["seed"] for r in ref}
-    rows = []
-    for c in candidates:
-        if c["series"] == REFERENCE:
-            raise DindError(f"frontier: a candidate series may not be called {REFERENCE!r}")
-        rows.append(dict(c))
-    paired = [r for r in rows if r["seed"] in seeds and r["seed"] is not None]
-    unpaired = [{**r, "seed": None} for r in rows if r not in paired]
+    if any(c["series"] == REFERENCE for c in candidates):
+        raise DindError(f"frontier: a candidate series may not be called {REFERENCE!r}")
+    rows = [{**c, "paired": c["seed"] is not None and c["seed"] in seeds} for c in candidates]
+    paired = [r for r in rows if r["paired"]]
+    unpaired = [{**r, "seed": None} for r in rows if not r["paired"]]
     gaps = matched_entropy_gaps(ref + paired, REFERENCE)
     for name, g in matched_entropy_gaps(pooled + unpaired, REFERENCE).items():
         gaps.setdefault(name, []).extend(g)
@@ -168,7 +184,7 @@ def compare(
             "setting": name, "n_seeds": len(mine),
             "gen_ppl_mean": statistics.fmean(ppl) if ppl else None,
             "entropy_mean": statistics.fmean(r["entropy"] for r in mine),
-            "paired": all(r in paired for r in mine), **_gap_stats(gaps.get(name, [])),
+            "paired": all(r["paired"] for r in mine), **_gap_stats(gaps.get(name, [])),
         })  # fmt: skip
     return out
 
