@@ -33,6 +33,12 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
+@pytest.fixture
+def isolated_cache(tmp_path, monkeypatch):
+    """DIND_CACHE in the test's own folder: nothing read from or written to the real cache."""
+    monkeypatch.setenv("DIND_CACHE", str(tmp_path / "cache"))
+
+
 def pytest_collection_modifyitems(config, items):
     if torch.cuda.is_available():
         return

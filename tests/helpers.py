@@ -11,6 +11,7 @@ import torch
 
 from dind.config import BlockSizeDistribution, ModelConfig, NoiseConfig, RunConfig, TrainConfig
 from dind.kv_cache import KVCache
+from dind.model import DiT
 
 WORDS = [
     "the",
@@ -135,3 +136,13 @@ class SwitchDenoiser(torch.nn.Module):
         if logit_index is not None:
             logits = logits.gather(1, logit_index[..., None].expand(-1, -1, self.V))
         return logits.float()
+
+
+def random_dit(cfg: ModelConfig) -> DiT:
+    """A DiT in eval mode whose output layer and adaLN weights are drawn, not zero-initialized,
+    so that its logits depend on every input (a fresh DiT predicts uniformly)."""
+    model = DiT(cfg).eval()
+    torch.nn.init.normal_(model.output_layer.linear.weight, std=0.5)
+    for blk in model.blocks:
+        torch.nn.init.normal_(blk.adaLN_modulation.weight, std=0.2)
+    return model

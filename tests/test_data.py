@@ -18,9 +18,7 @@ from dind.tokenizer import train_bpe
 REAL_CACHE = cache_dir()  # before any test points DIND_CACHE at a temp folder
 
 
-@pytest.fixture(autouse=True)
-def _cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("DIND_CACHE", str(tmp_path / "cache"))
+pytestmark = pytest.mark.usefixtures("isolated_cache")
 
 
 def test_cache_dir_follows_env_and_is_created(tmp_path):

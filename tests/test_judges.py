@@ -31,13 +31,8 @@ LONG = " ".join(
 )
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Hundreds of tiny forwards: intra-op threads only add wake-up latency (100x on a busy box).
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# Hundreds of tiny forwards: intra-op threads only add wake-up latency (100x on a busy box).
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def window_of(t: int, context: int, stride: int) -> int:

@@ -36,13 +36,7 @@ from dind.model import DiT
 from dind.tokenizer import train_bpe
 from helpers import write_corpus
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # ----------------------------------------------------------------------------- the curve

@@ -3,6 +3,7 @@ import torch
 from dind.attention import block_diff_mask
 from dind.config import small
 from dind.model import DiT, subs_log_probs
+from helpers import random_dit
 
 
 def reference_shapes(V: int, d: int, n_blocks: int, head_dim: int, cond: int = 128) -> dict:
@@ -84,10 +85,7 @@ def test_subs_parameterization():
 
 def test_xt_half_does_not_see_future_blocks(tiny_cfg):
     """Changing x_0 in blocks >= b leaves the x_t logits of block b unchanged."""
-    model = DiT(tiny_cfg).eval()
-    torch.nn.init.normal_(model.output_layer.linear.weight, std=0.5)
-    for blk in model.blocks:
-        torch.nn.init.normal_(blk.adaLN_modulation.weight, std=0.2)
+    model = random_dit(tiny_cfg)
     L, B = 16, 4
     x = torch.randint(0, 32, (1, 2 * L))
     mask = block_diff_mask(L, B)
@@ -104,10 +102,7 @@ def test_kv_cache_equals_block_causal_recompute(tiny_cfg):
     """Blocks decoded against the cache give the logits of one block-causal pass."""
     from dind.attention import block_diff_mask
 
-    model = DiT(tiny_cfg).eval()
-    torch.nn.init.normal_(model.output_layer.linear.weight, std=0.5)
-    for blk in model.blocks:
-        torch.nn.init.normal_(blk.adaLN_modulation.weight, std=0.2)
+    model = random_dit(tiny_cfg)
     L, bs = 16, 4
     x = torch.randint(0, 32, (2, L))
     block_causal = block_diff_mask(L, bs)[L:, L:]  # M_BC: clean blocks see blocks <= own

@@ -15,7 +15,7 @@ from dind.errors import DindError
 from dind.kv_cache import KVCache
 from dind.model import DiT
 from dind.sampler import SamplerConfig, ar_generate, run_stage, sample, sample_record, sample_seed
-from helpers import SwitchDenoiser, tiny_run, write_corpus
+from helpers import SwitchDenoiser, random_dit, tiny_run, write_corpus
 
 MASK, BOS, V = 20, 19, 21
 
@@ -81,11 +81,8 @@ def test_kv_cache_gives_the_tokens_of_recompute(stages, remask_ratios):
 
 
 @pytest.mark.parametrize("block_size", [2, 4, 16])
-def test_kv_cache_exact_with_a_real_model(tiny_cfg, block_size):
-    model = DiT(tiny_cfg).eval()
-    torch.nn.init.normal_(model.output_layer.linear.weight, std=0.5)
-    for blk in model.blocks:
-        torch.nn.init.normal_(blk.adaLN_modulation.weight, std=0.2)
+def test_kv_cache_exact_with_arandom_dit(tiny_cfg, block_size):
+    model = random_dit(tiny_cfg)
     outs = [
         sample(
             model, SamplerConfig(stages=(block_size,), length=16, kv_cache=c, seed=2), 2, 2, 31, 32
@@ -526,14 +523,6 @@ def test_each_denoiser_call_sees_exactly_its_window(kv_cache, stages, remask_rat
     assert next(calls, None) is None
 
 
-def _random_tiny(tiny_cfg) -> DiT:
-    model = DiT(tiny_cfg).eval()
-    torch.nn.init.normal_(model.output_layer.linear.weight, std=0.5)
-    for blk in model.blocks:
-        torch.nn.init.normal_(blk.adaLN_modulation.weight, std=0.2)
-    return model
-
-
 @pytest.mark.parametrize(
     "stages,remask_ratios,stride,policy",
     [((4,), (), None, "snapshot"), ((4, 32), (0.5,), None, "snapshot"),
@@ -545,7 +534,7 @@ def test_kv_cache_gives_the_tokens_of_recompute_past_the_context(
 ):
     """L = 2 x the context of a real model: the sliding window's cache, refilled when the
     window moves, gives the tokens of recomputing the window on every call."""
-    model = _random_tiny(tiny_cfg)
+    model = random_dit(tiny_cfg)
     common = dict(stages=stages, remask=remask_ratios, length=32, seed=2, window_stride=stride,
                   remask_policy=policy)  # fmt: skip
     a, b = (sample(model, SamplerConfig(**common, kv_cache=c), 2, 2, 31, 32) for c in (True, False))
@@ -560,7 +549,7 @@ def test_kv_cache_gives_the_tokens_of_recompute_past_the_context(
 def test_the_window_slides_only_past_the_context(tiny_cfg):
     """The first C positions of a stage-1 draft of length 2C are the draft of length C (same
     calls, same random draws): nothing changes until the sequence passes the context."""
-    model = _random_tiny(tiny_cfg)
+    model = random_dit(tiny_cfg)
     for cache in (True, False):
         short, long = (sample(model, SamplerConfig(stages=(4,), length=n, seed=9, kv_cache=cache),
                               2, 2, 31, 32) for n in (16, 32))  # fmt: skip
@@ -610,14 +599,6 @@ def test_window_stride_above_the_context_is_an_error():
         run(cfg, model=MockDenoiser(16))
 
 
-def _real_model(cfg) -> DiT:
-    model = DiT(cfg).eval()
-    torch.nn.init.normal_(model.output_layer.linear.weight, std=0.5)
-    for blk in model.blocks:
-        torch.nn.init.normal_(blk.adaLN_modulation.weight, std=0.2)
-    return model
-
-
 @pytest.mark.parametrize(
     "kwargs",
     [dict(), dict(sampler="ancestral", steps=2), dict(sampler="ancestral", kv_cache=False),
@@ -629,7 +610,7 @@ def test_sampling_makes_nothing_off_the_tokens_device(tiny_cfg, kwargs):
     the tokens are on the CPU and the default device is "meta": any tensor the sampler makes
     without naming its device (as the NFE counters were) lands there and fails, so the same
     samples come out only when everything follows the tokens (or is meant for the host)."""
-    model = _real_model(tiny_cfg)
+    model = random_dit(tiny_cfg)
     L = kwargs.pop("length", 16)
     cfg = SamplerConfig(stages=(4, L), remask=(0.5,), length=L, seed=3, **kwargs)
     ref = sample(model, cfg, 3, 2, 31, 32)
@@ -647,7 +628,7 @@ def test_sampling_makes_nothing_off_the_tokens_device(tiny_cfg, kwargs):
 @pytest.mark.parametrize("sampler", ["first_hitting", "ancestral"])
 @pytest.mark.parametrize("use_cache", [True, False])
 def test_stage_counters_are_on_the_tokens_device(tiny_cfg, sampler, use_cache):
-    model = _real_model(tiny_cfg)
+    model = random_dit(tiny_cfg)
     x = torch.full((2, 16), 32)
     x[:, 0] = 31
     conf = torch.zeros(2, 16, dtype=torch.float64)
@@ -669,7 +650,7 @@ def test_a_window_inside_one_block_attends_without_a_mask(tiny_cfg):
     assert view.window_mask(0, 12, "cpu") is None  # part of one block
     assert view.window_mask(8, 24, "cpu") is not None  # straddles two blocks
     assert BlockView(None, 4, None, 16).window_mask(0, 16, "cpu") is not None
-    model = _real_model(tiny_cfg)
+    model = random_dit(tiny_cfg)
     for B, T in ((1, 16), (3, 16), (2, 7)):
         x = torch.randint(0, 32, (B, T))
         with torch.no_grad():
@@ -724,7 +705,7 @@ def test_cli_ancestral_sampler_on_cuda(trained_run, dtype):
 def test_no_mask_block_pass_matches_the_all_true_mask_on_cuda(tiny_cfg):
     """On CUDA the maskless pass takes another attention kernel: the same logits to kernel
     rounding, in float32 and under bf16 autocast."""
-    model = _real_model(tiny_cfg).cuda()
+    model = random_dit(tiny_cfg).cuda()
     x = torch.randint(0, 32, (4, 16), device="cuda")
     full = torch.ones(16, 16, dtype=torch.bool, device="cuda")
     with torch.no_grad():

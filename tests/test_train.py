@@ -15,10 +15,7 @@ from dind.model import DiT
 from dind.train import read_metrics, train
 from helpers import tiny_run, write_corpus
 
-
-@pytest.fixture(autouse=True)
-def _cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("DIND_CACHE", str(tmp_path / "cache"))
+pytestmark = pytest.mark.usefixtures("isolated_cache")
 
 
 def test_tiny_model_drives_loss_down_on_a_small_batch(tiny_cfg):
