@@ -14,12 +14,14 @@
 #        SEEDS, NUM_SAMPLES  sampling seeds and samples per seed (default 0,1,2 and 8)
 # Results (CSV, JSON, PNG; samples JSONL of sampling seed 0 only) go to OUT/<judge>-s<seed>/
 # (judge smollm2 or ar), the held-out NELBO at block 4 to OUT/nelbo-s<seed>.json.
-# Re-running reuses finished training runs and skips finished sweeps. DRY_RUN=1 prints the
-# commands instead.
+# Re-running reuses finished training runs, resumes a killed one from its last checkpoint
+# (a folder killed before its first checkpoint starts over) and skips finished sweeps.
+# TRAIN_ONLY=1 stops after the training runs; DRY_RUN=1 prints the commands instead.
 set -euo pipefail
 size=${1:?usage: runs/scale.sh SIZE OUT}
 out=${2:?usage: runs/scale.sh SIZE OUT}
 dind=${DIND:-.venv/bin/dind}
+python=${PYTHON:-.venv/bin/python}
 models=${MODELS:-$out/models}
 corpus=${CORPUS:-english}
 case $size in
@@ -29,9 +31,21 @@ case $size in
   *) echo "error: unknown size '$size' (tiny | base | small)" >&2; exit 2 ;;
 esac
 common=(--seeds "${SEEDS:-0,1,2}" --num-samples "${NUM_SAMPLES:-8}" --batch-size 8 --no-progress)
-run() {  # run "$@" with stdout to the file named by $to (default: discarded)
+run() {  # run "$@" with stdout appended to the file named by $to (default: discarded)
   echo "+ $*"
-  [ -n "${DRY_RUN:-}" ] || "$@" >"${to:-/dev/null}"
+  [ -n "${DRY_RUN:-}" ] || "$@" >>"${to:-/dev/null}"
+}
+train() {  # train DIR ARGS...: a fresh run, or --resume of one with a checkpoint
+  local dir=$1; shift
+  local again=()
+  if [ -e "$dir/checkpoint" ]; then again=(--resume)
+  elif [ -e "$dir" ] && [ -z "${DRY_RUN:-}" ]; then rm -rf "$dir"; fi
+  run "$dind" train --out "$dir" "$@" "${again[@]}" --no-progress
+}
+finished() {  # finished DIR STEPS: DIR's checkpoint is the one saved after step STEPS
+  [ -e "$1/checkpoint/training_state.pt" ] && "$python" -c 'import sys, torch
+state = torch.load(sys.argv[1], map_location="cpu", weights_only=True)
+sys.exit(int(state["step"]) != int(sys.argv[2]))' "$1/checkpoint/training_state.pt" "$2"
 }
 if [ -n "${DRY_RUN:-}" ]; then log() { :; }; else
   mkdir -p "$out" "$models"
@@ -40,25 +54,25 @@ fi
 
 # The in-domain judge: an AR model of the same size, corpus and total budget.
 ar=$models/ar-judge
-if [ ! -e "$ar/checkpoint" ]; then
+if ! finished "$ar" $((pre + ft)); then
   log "training the AR judge ($size, $((pre + ft)) steps)"
-  to=$out/train-ar-judge.log run "$dind" train --out "$ar" --preset "$size" --corpus "$corpus" \
-    --objective ar --max-steps $((pre + ft)) --seed 100 --no-progress
+  to=$out/train-ar-judge.log train "$ar" --preset "$size" --corpus "$corpus" --objective ar \
+    --max-steps $((pre + ft)) --seed 100
 fi
 
 for s in ${TRAIN_SEEDS:-0 1 2}; do
   p=$models/pretrain-s$s m=$models/bd3-s$s
-  if [ ! -e "$p/checkpoint" ]; then
+  if ! finished "$p" "$pre"; then
     log "seed $s: pretraining at block L ($pre steps)"
-    to=$out/train-pretrain-s$s.log run "$dind" train --out "$p" --preset "$size" \
-      --corpus "$corpus" --seed "$s" --max-steps "$pre" --block-sizes $L --block-probs 1 \
-      --no-progress
+    to=$out/train-pretrain-s$s.log train "$p" --preset "$size" --corpus "$corpus" --seed "$s" \
+      --max-steps "$pre" --block-sizes $L --block-probs 1
   fi
-  if [ ! -e "$m/checkpoint" ]; then
+  if ! finished "$m" "$ft"; then
     log "seed $s: mixed-scale fine-tuning ($ft steps)"
-    to=$out/train-bd3-s$s.log run "$dind" train --out "$m" --preset "$size" \
-      --corpus "$corpus" --seed "$s" --max-steps "$ft" --init-from "$p" --no-progress
+    to=$out/train-bd3-s$s.log train "$m" --preset "$size" --corpus "$corpus" --seed "$s" \
+      --max-steps "$ft" --init-from "$p"
   fi
+  [ -z "${TRAIN_ONLY:-}" ] || continue
   [ -e "$out/nelbo-s$s.json" ] || run "$dind" eval --checkpoint "$m" --block-size 4 \
     --no-progress --out "$out/nelbo-s$s.json"
   for judge in smollm2 ar; do
