@@ -3,7 +3,8 @@
 # with the paper's recipe (pretrain at block L, then mixed-scale fine-tuning from it), an
 # in-domain AR judge with the same budget, then the policy sweep, the gamma sweep (gamma
 # 0.25/0.5/0.75, stage-2 blocks 16 and L) and the top-p frontier (stage 1 and two stages at
-# top-p 0.5-0.95), each judged by SmolLM2 and by the AR judge. Runs unchanged on CPU and GPU.
+# top-p 0.5-0.95), each drawn once and judged by SmolLM2 and by the AR judge (--samples-from).
+# Runs unchanged on CPU and GPU.
 #
 # usage: runs/scale.sh SIZE OUT          e.g. runs/scale.sh base runs/scale/base
 # env:   TRAIN_SEEDS   models to train                 (default "0 1 2")
@@ -75,20 +76,21 @@ for s in ${TRAIN_SEEDS:-0 1 2}; do
   [ -z "${TRAIN_ONLY:-}" ] || continue
   [ -e "$out/nelbo-s$s.json" ] || run "$dind" eval --checkpoint "$m" --block-size 4 \
     --no-progress --out "$out/nelbo-s$s.json"
+  # SmolLM2 judges what the sweeps draw; the AR judge scores the very same samples
   for judge in smollm2 ar; do
-    j=$judge; [ "$judge" = ar ] && j=$ar
-    d=$out/$judge-s$s
+    j=$judge reuse=(); d=$out/$judge-s$s
+    [ "$judge" = ar ] && j=$ar reuse=(--samples-from "$out/smollm2-s$s")
     [ -e "$d/policy.csv" ] || { log "seed $s, judge $judge: policy"; run "$dind" sweep policy \
-      --checkpoint "$m" --out "$d" --judge "$j" "${common[@]}"; }
+      --checkpoint "$m" --out "$d" --judge "$j" "${reuse[@]}" "${common[@]}"; }
     [ -e "$d/gamma.csv" ] || { log "seed $s, judge $judge: gamma"; run "$dind" sweep gamma \
       --checkpoint "$m" --out "$d" --judge "$j" --gammas 0.25,0.5,0.75 --block-sizes 16,L \
-      "${common[@]}"; }
+      "${reuse[@]}" "${common[@]}"; }
     [ -e "$d/topp.csv" ] || { log "seed $s, judge $judge: top-p frontier"; run "$dind" sweep \
       topp --checkpoint "$m" --out "$d" --judge "$j" --top-ps 0.95,0.9,0.8,0.7,0.6,0.5 \
-      --gammas 0.25,0.5 "${common[@]}"; }
-    # keep the results small: the samples of sampling seed 0 only
-    [ -n "${DRY_RUN:-}" ] || find "$d/samples" -name '*.jsonl' ! -name '*_seed0.jsonl' -delete \
-      2>/dev/null || true
+      --gammas 0.25,0.5 "${reuse[@]}" "${common[@]}"; }
   done
+  # keep the results small: the samples of sampling seed 0 only
+  [ -n "${DRY_RUN:-}" ] || find "$out/smollm2-s$s/samples" -name '*.jsonl' \
+    ! -name '*_seed0.jsonl' -delete 2>/dev/null || true
 done
 log "done: $out (tables: .venv/bin/python runs/results_tables.py $out)"

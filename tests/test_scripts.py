@@ -36,6 +36,23 @@ def test_scale_study_follows_the_paper_recipe_for_every_model(tmp_path):
             assert kinds == ["policy", "gamma", "topp"]
             assert "--gammas 0.25,0.5,0.75 --block-sizes 16,L" in sweeps[1]
             assert "--top-ps 0.95,0.9,0.8,0.7,0.6,0.5" in sweeps[2]
+            # drawn once: the AR judge scores the samples the SmolLM2 sweeps saved
+            reuse = f"--samples-from {tmp_path}/out/smollm2-s{seed} "
+            assert all((reuse in c) == (judge != "smollm2") for c in sweeps)
+
+
+def test_scale_study_resumes_a_killed_run_and_restarts_one_without_checkpoint(tmp_path):
+    """A pretraining run with a checkpoint resumes; a folder killed before its first checkpoint
+    is started over (its removal is not done in a dry run); TRAIN_ONLY stops before sampling."""
+    models = tmp_path / "out" / "models"
+    (models / "pretrain-s0" / "checkpoint").mkdir(parents=True)
+    (models / "bd3-s0").mkdir()
+    res, commands = _dry_run("tiny", str(tmp_path / "out"), TRAIN_SEEDS="0", TRAIN_ONLY="1")
+    assert res.returncode == 0, res.stderr
+    pre = next(c for c in commands if "pretrain-s0 " in c)
+    ft = next(c for c in commands if "bd3-s0 " in c)
+    assert pre.endswith("--resume --no-progress") and "--resume" not in ft
+    assert not any(" sweep " in c or " eval " in c for c in commands)
 
 
 def test_scale_study_refuses_an_unknown_size(tmp_path):

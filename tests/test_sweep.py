@@ -119,6 +119,46 @@ def test_policy_and_nfe_sweeps(trained_run):
     assert _png_size(res.files["png"])[0] > 100
 
 
+def test_a_second_judge_scores_the_saved_samples(trained_run, tmp_path, monkeypatch):
+    """--samples-from judges the files an earlier sweep saved: the same rows as drawing them
+    again (same judge), nothing drawn, and a file of another setting is refused."""
+    import dataclasses
+
+    import dind.sampler
+
+    opts = SweepOptions(seeds=(0, 1), num_samples=2, batch_size=2, progress=False)
+    run = str(trained_run / "run")
+
+    def build(L):
+        return sweep.policy_settings(L, 0.5, L, ("snapshot", "random"), opts)
+
+    drawn = sweep.run_sampling_sweep("policy", run, tmp_path / "drawn", opts, build)
+
+    def no_drawing(*args, **kwargs):
+        raise AssertionError("a sweep with samples_from drew samples")
+
+    monkeypatch.setattr(dind.sampler, "sample", no_drawing)
+    again = dataclasses.replace(opts, samples_from=tmp_path / "drawn")
+    read = sweep.run_sampling_sweep("policy", run, tmp_path / "read", again, build)
+    assert read.rows == drawn.rows and len(read.rows) == 3 * 2
+    assert not (tmp_path / "read" / "samples").exists()
+    assert json.loads((tmp_path / "read" / "policy.json").read_text())["samples_from"] == str(
+        tmp_path / "drawn"
+    )
+    # a file drawn at another top-p, a short file, a missing file: one-line errors
+    saved = tmp_path / "drawn" / "samples" / "policy" / "random_block_32_gamma_0_5_seed1.jsonl"
+    lines = saved.read_text().splitlines()
+    saved.write_text("".join(json.dumps({**json.loads(x), "top_p": 0.5}) + "\n" for x in lines))
+    with pytest.raises(DindError, match=f"{saved.name} was drawn with top_p 0.5"):
+        sweep.run_sampling_sweep("policy", run, tmp_path / "bad", again, build)
+    saved.write_text(lines[0] + "\n")
+    with pytest.raises(DindError, match="holds 1 samples, the sweep asks for 2"):
+        sweep.run_sampling_sweep("policy", run, tmp_path / "bad", again, build)
+    saved.unlink()
+    with pytest.raises(DindError, match=f"{saved.name} not found"):
+        sweep.run_sampling_sweep("policy", run, tmp_path / "bad", again, build)
+
+
 def test_topp_control_sweep(trained_run):
     opts = SweepOptions(seeds=(0,), num_samples=2, batch_size=2, progress=False)
 

@@ -488,17 +488,23 @@ RetryOpt = Annotated[
 JudgeMaxOpt = Annotated[
     int | None, typer.Option(help="Judge only the first N ids, BOS included (BD3-LM: N = L).")
 ]
+SamplesFromOpt = Annotated[
+    Path | None,
+    typer.Option(help="Judge the samples an earlier sweep of this grid saved in that output "
+                 "folder instead of drawing (one draw, several judges)."),
+]  # fmt: skip
 
 
 def _sweep_options(seeds, num_samples, batch_size, judge, top_p, nucleus, stage1, progress,
-                   retry_low_entropy, judge_max_tokens, window_stride=None):  # fmt: skip
+                   retry_low_entropy, judge_max_tokens, window_stride=None,
+                   samples_from=None):  # fmt: skip
     from dind.sweep import SweepOptions
 
     return SweepOptions(seeds=_parse_list(seeds, int, "--seeds"), num_samples=num_samples,
                         batch_size=batch_size, judge=judge, top_p=top_p, nucleus=nucleus,
                         stage1=stage1, progress=progress, retry_low_entropy=retry_low_entropy,
                         judge_max_tokens=judge_max_tokens,
-                        window_stride=window_stride)  # fmt: skip
+                        window_stride=window_stride, samples_from=samples_from)  # fmt: skip
 
 
 def _report_sweep(result) -> None:
@@ -529,12 +535,14 @@ def sweep_gamma(
     progress: ProgressOpt = True,
     retry_low_entropy: RetryOpt = False,
     judge_max_tokens: JudgeMaxOpt = None,
+    samples_from: SamplesFromOpt = None,
 ) -> None:
     """Figure 2: Gen PPL against gamma for several stage-2 block sizes, stage 1 as reference."""
     from dind import sweep
 
     opts = _sweep_options(seeds, num_samples, batch_size, judge, top_p, nucleus, stage1, progress,
-                          retry_low_entropy, judge_max_tokens, window_stride)  # fmt: skip
+                          retry_low_entropy, judge_max_tokens, window_stride,
+                          samples_from)  # fmt: skip
     ratios = _parse_list(gammas, float, "--gammas")
 
     def build(L):
@@ -562,12 +570,14 @@ def sweep_policy(
     progress: ProgressOpt = True,
     retry_low_entropy: RetryOpt = False,
     judge_max_tokens: JudgeMaxOpt = None,
+    samples_from: SamplesFromOpt = None,
 ) -> None:
     """Table 2: snapshot, post-hoc and random remasking at one (block size, gamma)."""
     from dind import sweep
 
     opts = _sweep_options(seeds, num_samples, batch_size, judge, top_p, nucleus, stage1, progress,
-                          retry_low_entropy, judge_max_tokens, window_stride)  # fmt: skip
+                          retry_low_entropy, judge_max_tokens, window_stride,
+                          samples_from)  # fmt: skip
     names = _parse_list(policies, str, "--policies")
 
     def build(L):
@@ -597,12 +607,14 @@ def sweep_nfe(
     progress: ProgressOpt = True,
     retry_low_entropy: RetryOpt = False,
     judge_max_tokens: JudgeMaxOpt = None,
+    samples_from: SamplesFromOpt = None,
 ) -> None:
     """The quality-against-NFE frontier: one stage against two stages."""
     from dind import sweep
 
     opts = _sweep_options(seeds, num_samples, batch_size, judge, top_p, nucleus, stage1, progress,
-                          retry_low_entropy, judge_max_tokens, window_stride)  # fmt: skip
+                          retry_low_entropy, judge_max_tokens, window_stride,
+                          samples_from)  # fmt: skip
     ts = _parse_list(steps, int, "--steps")
     ratios = _parse_list(gammas, float, "--gammas")
 
@@ -632,13 +644,15 @@ def sweep_topp(
     progress: ProgressOpt = True,
     retry_low_entropy: RetryOpt = False,
     judge_max_tokens: JudgeMaxOpt = None,
+    samples_from: SamplesFromOpt = None,
 ) -> None:
     """The diversity control: stage 1 and two stages at each top-p, Gen PPL against entropy, and
     the gap to stage 1's curve at equal entropy."""
     from dind import sweep
 
     opts = _sweep_options(seeds, num_samples, batch_size, judge, 0.9, nucleus, stage1, progress,
-                          retry_low_entropy, judge_max_tokens, window_stride)  # fmt: skip
+                          retry_low_entropy, judge_max_tokens, window_stride,
+                          samples_from)  # fmt: skip
     ps = _parse_list(top_ps, float, "--top-ps")
     ratios = _parse_list(gammas, float, "--gammas")
 

@@ -26,7 +26,8 @@ Design choices:
   on CUDA, float32 on the CPU; the judge scores at its own.
 - Outputs: ``<kind>_seeds.csv``, ``<kind>.csv``, ``<kind>.png`` and ``<kind>.json`` in the
   output folder, and the samples of each (setting, seed) under ``samples/``, each written
-  atomically.
+  atomically. ``SweepOptions.samples_from`` judges the samples an earlier sweep saved (each
+  file checked against its setting) instead of drawing: one draw, several judges.
 """
 
 from __future__ import annotations
@@ -86,6 +87,9 @@ class SweepOptions:
     """Redraw stage-1 drafts by BD3-LM's low-entropy rule (``dind.sampler``)."""
     judge_max_tokens: int | None = None
     """Cut the judge's input to this many ids, BOS included (``dind.judges``)."""
+    samples_from: Path | None = None
+    """Judge the samples an earlier sweep of the same grid saved in this output folder (under
+    ``samples/``) instead of drawing them: a second judge scores the very same texts."""
 
     def check(self) -> None:
         if not self.seeds:
@@ -234,9 +238,11 @@ def slug(text: str) -> str:
 
 def draw_and_judge(
     model, tokenizer, settings: list[Setting], opts: SweepOptions, judge,
-    samples_dir: Path | None = None, label: str = "",
+    samples_dir: Path | None = None, label: str = "", samples_from: Path | None = None,
 ) -> list[dict[str, Any]]:  # fmt: skip
-    """One row per (setting, seed): the judge's aggregate of that setting's samples."""
+    """One row per (setting, seed): the judge's aggregate of that setting's samples, drawn
+    (and saved in ``samples_dir``) or read from the files an earlier sweep saved in
+    ``samples_from``."""
     from dind.devices import sampling_precision
     from dind.evaluate import evaluate_samples
     from dind.sampler import sample, write_samples
@@ -248,25 +254,28 @@ def draw_and_judge(
     for seed, setting in bar:
         bar.set_postfix_str(f"seed {seed}: {setting.name}")
         cfg = dataclasses.replace(setting.sampler, seed=seed)
-        key, drafts = _stage1_key(cfg), None
-        if len(cfg.stages) > 1:
-            if key not in drafts_by_key:
-                first = dataclasses.replace(cfg, stages=cfg.stages[:1], remask=())
-                with sampling_precision(device):
-                    drafts_by_key[key] = sample(model, first, opts.num_samples,
-                                                opts.batch_size, tokenizer.bos_id,
-                                                tokenizer.mask_id)  # fmt: skip
-            drafts = drafts_by_key[key]
-        with sampling_precision(device):
-            drawn = sample(model, cfg, opts.num_samples, opts.batch_size, tokenizer.bos_id,
-                           tokenizer.mask_id, drafts=drafts)  # fmt: skip
-        if len(cfg.stages) == 1:
-            drafts_by_key[key] = drawn
-        if samples_dir is not None:
-            write_samples(samples_dir / f"{slug(setting.name)}_seed{seed}.jsonl", drawn,
-                          tokenizer, cfg)  # fmt: skip
-        records = [{"text": tokenizer.decode(s.tokens[1:]), "nfe": s.nfe, "seconds": s.seconds}
-                   for s in drawn]  # fmt: skip
+        name = f"{slug(setting.name)}_seed{seed}.jsonl"
+        if samples_from is not None:
+            records = saved_samples(samples_from / name, cfg, opts.num_samples)
+        else:
+            key, drafts = _stage1_key(cfg), None
+            if len(cfg.stages) > 1:
+                if key not in drafts_by_key:
+                    first = dataclasses.replace(cfg, stages=cfg.stages[:1], remask=())
+                    with sampling_precision(device):
+                        drafts_by_key[key] = sample(model, first, opts.num_samples,
+                                                    opts.batch_size, tokenizer.bos_id,
+                                                    tokenizer.mask_id)  # fmt: skip
+                drafts = drafts_by_key[key]
+            with sampling_precision(device):
+                drawn = sample(model, cfg, opts.num_samples, opts.batch_size, tokenizer.bos_id,
+                               tokenizer.mask_id, drafts=drafts)  # fmt: skip
+            if len(cfg.stages) == 1:
+                drafts_by_key[key] = drawn
+            if samples_dir is not None:
+                write_samples(samples_dir / name, drawn, tokenizer, cfg)
+            records = [{"text": tokenizer.decode(s.tokens[1:]), "nfe": s.nfe,
+                        "seconds": s.seconds, "redraws": s.redraws} for s in drawn]  # fmt: skip
         a = evaluate_samples(records, judge)["aggregate"]
         rows.append({
             "setting": setting.name, "series": setting.series, "x": setting.x, "seed": seed,
@@ -275,8 +284,33 @@ def draw_and_judge(
             "n_samples": a["n_samples"],
         })  # fmt: skip
         if opts.retry_low_entropy:  # a column only when asked for: default CSVs are unchanged
-            rows[-1]["redraws"] = sum(s.redraws for s in drawn)
+            rows[-1]["redraws"] = sum(r.get("redraws") or 0 for r in records)
     return rows
+
+
+def saved_samples(path: Path, cfg: SamplerConfig, num_samples: int) -> list[dict[str, Any]]:
+    """The records an earlier sweep saved for ``cfg``; a file that is missing, short or drawn
+    with another sampler is a one-line error (never silently judged as this setting)."""
+    from dind.evaluate import read_samples
+    from dind.sampler import sample_seed
+
+    if not path.is_file():
+        raise DindError(f"--samples-from: {path} not found (was the earlier sweep the same grid,"
+                        " seeds included, and are its samples still there?)")  # fmt: skip
+    records = read_samples(path)
+    for i, r in enumerate(records):
+        want = {"index": i, "seed": sample_seed(cfg.seed, i), "stages": list(cfg.stages),
+                "remask_ratios": list(cfg.remask), "remask_policy": cfg.remask_policy,
+                "top_p": cfg.top_p, "nucleus": cfg.nucleus}  # fmt: skip
+        got = {k: r.get(k) for k in want}
+        if got != want:
+            diff = next(k for k in want if got[k] != want[k])
+            raise DindError(f"--samples-from: {path} was drawn with {diff} {got[diff]!r}, this "
+                            f"setting has {want[diff]!r}")  # fmt: skip
+    if len(records) != num_samples:
+        raise DindError(f"--samples-from: {path} holds {len(records)} samples, the sweep asks "
+                        f"for {num_samples}")  # fmt: skip
+    return records
 
 
 Reference = str | dict[str, str] | None
@@ -512,8 +546,10 @@ def run_sampling_sweep(
     check_unique(settings)
     judge = load_judge(opts.judge, _device(), opts.judge_max_tokens)
     ck = load_checkpoint(checkpoint, _device())
-    samples_dir = out / "samples" / kind if opts.save_samples else None
-    rows = draw_and_judge(ck.model, ck.tokenizer, settings, opts, judge, samples_dir, kind)
+    saved = None if opts.samples_from is None else opts.samples_from / "samples" / kind
+    samples_dir = out / "samples" / kind if opts.save_samples and saved is None else None
+    rows = draw_and_judge(ck.model, ck.tokenizer, settings, opts, judge, samples_dir, kind,
+                          saved)  # fmt: skip
     # every grid starts with its stage-1 setting; top-p's stage-1 rows differ in top-p
     reference = None if kind == "topp" else settings[0].name
     meta = {"checkpoint": str(checkpoint), "length": L, "judge": judge.name,
@@ -526,8 +562,11 @@ def run_sampling_sweep(
 
 def _protocol(opts: SweepOptions) -> dict[str, Any]:
     """The evaluation options a sweep's JSON records beside its settings."""
-    return {"retry_low_entropy": opts.retry_low_entropy,
-            "judge_max_tokens": opts.judge_max_tokens}  # fmt: skip
+    out = {"retry_low_entropy": opts.retry_low_entropy,
+           "judge_max_tokens": opts.judge_max_tokens}  # fmt: skip
+    if opts.samples_from is not None:  # only then: the JSON of a drawing sweep is unchanged
+        out["samples_from"] = str(opts.samples_from)
+    return out
 
 
 def _device() -> str:
