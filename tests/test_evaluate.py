@@ -13,9 +13,9 @@ from dind.evaluate import (
     bd3lm_rejects,
     evaluate_samples,
     format_table,
-    read_samples,
     unigram_entropy,
 )
+from dind.samples import read_samples
 
 
 @dataclass

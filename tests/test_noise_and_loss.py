@@ -176,7 +176,7 @@ def test_fixed_block_size_is_one_element_case():
         ("4,1024", "0.9,0.2", "sum to 1"),
         ("0,16", "0.5,0.5", "positive"),
         ("4,16", "1.0", "2 block sizes but 1"),
-        ("4,x", None, "integers"),
+        ("4,x", None, "block size 'x': not an integer"),
     ],
 )
 def test_bad_block_distribution(sizes, probs, msg):

@@ -240,7 +240,7 @@ def test_write_is_atomic(tok, tmp_path, monkeypatch):
     def fail(src, dst):
         raise OSError("disk full")
 
-    monkeypatch.setattr("dind.report.os.replace", fail)
+    monkeypatch.setattr("dind.utils.os.replace", fail)
     with pytest.raises(OSError, match="disk full"):
         write_report(path, title="second", samples=[], tokenizer=tok)
     assert sorted(f.name for f in tmp_path.iterdir()) == ["r.html"]  # partial file removed

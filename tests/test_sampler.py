@@ -14,7 +14,8 @@ from dind.denoise import DenoiseSettings
 from dind.errors import DindError
 from dind.kv_cache import KVCache
 from dind.model import DiT
-from dind.sampler import SamplerConfig, ar_generate, run_stage, sample, sample_record, sample_seed
+from dind.sampler import SamplerConfig, ar_generate, run_stage, sample, sample_seed
+from dind.samples import to_record
 from helpers import SwitchDenoiser, random_dit, tiny_run, write_corpus
 
 MASK, BOS, V = 20, 19, 21
@@ -469,14 +470,14 @@ def test_retry_low_entropy_checks_stage_1_and_carries_through_drafts():
 
 
 @pytest.mark.usefixtures("one_thread")
-def test_sample_record_carries_redraws_only_when_asked():
+def test_record_carries_redraws_only_when_asked():
     tok = SimpleNamespace(decode=lambda ids: " ".join(map(str, ids)))
     cfg = SamplerConfig(**RETRY)
     (s,) = sample(SW(264, "never_bad"), cfg, 1, 1, SW.BOS, SW.MASK)
-    assert "redraws" not in sample_record(s, tok, cfg)
+    assert "redraws" not in to_record(s, tok, cfg)
     on = SamplerConfig(**RETRY, retry_low_entropy=True)
     (s,) = sample(SW(264), on, 1, 1, SW.BOS, SW.MASK)
-    assert sample_record(s, tok, on)["redraws"] == s.redraws
+    assert to_record(s, tok, on)["redraws"] == s.redraws
 
 
 # ----------------------------------------------------------------------------- past the context

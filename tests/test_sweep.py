@@ -11,9 +11,9 @@ import sys
 
 import pytest
 
-from dind import frontier, sweep
+from dind import frontier, grid, results, sweep
 from dind.errors import DindError
-from dind.sweep import SweepOptions
+from dind.grid import SweepOptions
 from helpers import tiny_run, write_corpus
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -94,7 +94,7 @@ def test_policy_and_nfe_sweeps(trained_run):
     run = str(trained_run / "run")
 
     def build_policy(L):
-        return sweep.policy_settings(L, 0.5, L, ("snapshot", "random"), opts)
+        return grid.policy_settings(L, 0.5, L, ("snapshot", "random"), opts)
 
     res = sweep.run_sampling_sweep("policy", run, trained_run / "policy", opts, build_policy)
     assert [s["series"] for s in res.summary] == ["stage 1", "snapshot", "random"]
@@ -104,7 +104,7 @@ def test_policy_and_nfe_sweeps(trained_run):
     assert _png_size(res.files["png"])[0] > 100
 
     def build_nfe(L):
-        return sweep.nfe_settings(L, (1,), (0.25, 1.0), L, opts)
+        return grid.nfe_settings(L, (1,), (0.25, 1.0), L, opts)
 
     res = sweep.run_sampling_sweep("nfe", run, trained_run / "nfe", opts, build_nfe)
     nfe = {s["setting"]: s["nfe_mean"] for s in res.summary}
@@ -130,7 +130,7 @@ def test_a_second_judge_scores_the_saved_samples(trained_run, tmp_path, monkeypa
     run = str(trained_run / "run")
 
     def build(L):
-        return sweep.policy_settings(L, 0.5, L, ("snapshot", "random"), opts)
+        return grid.policy_settings(L, 0.5, L, ("snapshot", "random"), opts)
 
     drawn = sweep.run_sampling_sweep("policy", run, tmp_path / "drawn", opts, build)
 
@@ -163,7 +163,7 @@ def test_topp_control_sweep(trained_run):
     opts = SweepOptions(seeds=(0,), num_samples=2, batch_size=2, progress=False)
 
     def build(L):
-        return sweep.topp_settings(L, (0.9, 0.5), (0.5,), L, opts)
+        return grid.topp_settings(L, (0.9, 0.5), (0.5,), L, opts)
 
     out = trained_run / "topp"
     res = sweep.run_sampling_sweep("topp", str(trained_run / "run"), out, opts, build)
@@ -193,7 +193,7 @@ def test_topp_control_sweep(trained_run):
         assert [r["stage_tokens"][0] for r in refined] == [d["stage_tokens"][0] for d in drafts]
     assert _png_size(res.files["png"])[0] > 100
     # the report's table shows the same gaps beside the raw Gen PPL
-    tables, _ = sweep.report_parts(out)
+    tables, _ = results.report_parts(out)
     _, head, body = tables[0]
     col = head.index("vs stage 1 at equal entropy")
     for line, s in zip(body, res.summary, strict=True):
@@ -208,7 +208,7 @@ def test_sampling_sweep_past_the_context(trained_run):
                         window_stride=16)  # fmt: skip
 
     def build(L):
-        return sweep.policy_settings(L, 0.5, sweep.parse_size("L", L), ("snapshot",), opts)
+        return grid.policy_settings(L, 0.5, grid.parse_size("L", L), ("snapshot",), opts)
 
     out = trained_run / "long"
     res = sweep.run_sampling_sweep("policy", str(trained_run / "run"), out, opts, build, 64)
@@ -288,21 +288,21 @@ def test_bad_mix_is_reported_before_training(tmp_path, capsys, monkeypatch):
     assert code == 2 and "mix '4,7:0.5,0.5': block size(s) [7]" in err
     assert not out.exists()
     with pytest.raises(DindError, match="probabilit"):
-        sweep.parse_mix("4,L:0.9,0.2", 128)
-    assert sweep.parse_mix("pow2", 128).dist.block_sizes == (4, 8, 16, 32, 64, 128)
+        grid.parse_mix("4,L:0.9,0.2", 128)
+    assert grid.parse_mix("pow2", 128).dist.block_sizes == (4, 8, 16, 32, 64, 128)
     # pow4 is the paper's list {4, 16, 64, ..., 1024}; L is added where it is no power of 4
-    assert sweep.parse_mix("pow4", 1024).dist.block_sizes == (4, 16, 64, 256, 1024)
-    assert sweep.parse_mix("pow4", 128).dist.block_sizes == (4, 16, 64, 128)
-    assert sweep.parse_mix("pow4", 128).dist.probs == (0.25,) * 4
-    assert sweep.parse_mix("pow2", 16, small=16).dist.block_sizes == (16,)
-    assert sweep.parse_mix("4,L/2:0.9,0.1", 128).dist.block_sizes == (4, 64)
+    assert grid.parse_mix("pow4", 1024).dist.block_sizes == (4, 16, 64, 256, 1024)
+    assert grid.parse_mix("pow4", 128).dist.block_sizes == (4, 16, 64, 128)
+    assert grid.parse_mix("pow4", 128).dist.probs == (0.25,) * 4
+    assert grid.parse_mix("pow2", 16, small=16).dist.block_sizes == (16,)
+    assert grid.parse_mix("4,L/2:0.9,0.1", 128).dist.block_sizes == (4, 64)
 
 
 def test_every_setting_takes_the_sweeps_nucleus_rule():
     opts = SweepOptions(nucleus="hf", top_p=0.8)
-    grids = (sweep.gamma_settings(64, (0.5,), (16, 64), opts)
-             + sweep.nfe_settings(64, (1,), (0.5,), 64, opts)
-             + sweep.topp_settings(64, (0.9, 0.5), (0.5,), 64, opts))  # fmt: skip
+    grids = (grid.gamma_settings(64, (0.5,), (16, 64), opts)
+             + grid.nfe_settings(64, (1,), (0.5,), 64, opts)
+             + grid.topp_settings(64, (0.9, 0.5), (0.5,), 64, opts))  # fmt: skip
     assert {s.sampler.nucleus for s in grids} == {"hf"}
     assert {s.sampler.top_p for s in grids} == {0.8, 0.9, 0.5}  # topp sets its own masses
     assert SweepOptions().nucleus == "bd3lm"
@@ -323,7 +323,7 @@ def test_matched_entropy_gap_interpolates_each_seeds_stage1_curve():
     assert gaps["two"][0] == pytest.approx(math.log(20.0) - math.log(math.sqrt(1000.0)))
     assert gaps["two"][1] == pytest.approx(math.log(50.0) - math.log(math.sqrt(4000.0)))
     assert gaps["far"] == [None, pytest.approx(math.log(100.0) - math.log(200.0))]
-    summary = sweep.summarize(rows)
+    summary = results.summarize(rows)
     frontier.add_matched_gaps(summary, rows)
     two = next(s for s in summary if s["setting"] == "two")
     assert two["matched_gap_log_mean"] == pytest.approx(statistics.fmean(gaps["two"]))
@@ -337,7 +337,7 @@ def test_summary_statistics_by_brute_force():
              "entropy": 3.0, "nfe": nfe, "seconds": 0.1}
             for name, nfe, ppls in (("s1", 31, (10.0, 20.0, 30.0)), ("two", 40, (8.0, 25.0, 20.0)))
             for seed, ppl in enumerate(ppls)]  # fmt: skip
-    s1, two = sweep.summarize(rows, reference="s1")
+    s1, two = results.summarize(rows, reference="s1")
     assert s1["gen_ppl_mean"] == 20.0 and s1["gen_ppl_std"] == pytest.approx(10.0)
     assert "delta_vs_stage1" not in s1
     assert two["gen_ppl_min"] == 8.0 and two["gen_ppl_max"] == 25.0
@@ -370,7 +370,7 @@ def test_sweep_retry_low_entropy_redraws_the_shared_drafts(tmp_path):
     for retry in (False, True):
         opts = SweepOptions(seeds=(2,), num_samples=4, batch_size=4, progress=False,
                             retry_low_entropy=retry)  # fmt: skip
-        settings = sweep.gamma_settings(264, (0.5,), (264,), opts)
+        settings = grid.gamma_settings(264, (0.5,), (264,), opts)
         folder = tmp_path / f"retry_{retry}"
         rows_by[retry] = sweep.draw_and_judge(model, tok, settings, opts, CountJudge(), folder)
         drafts = _jsonl(folder / "stage_1_block_4_seed2.jsonl")

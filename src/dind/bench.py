@@ -40,7 +40,7 @@ def bench_train(
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     L = run.model.seq_len
     cfg = ModelConfig(**{**run.model.__dict__, "attn_backend": attn_backend, "dropout": 0.0})
-    dist = BlockSizeDistribution.parse(block_sizes.replace("L", str(L)), block_probs)
+    dist = BlockSizeDistribution.parse(block_sizes, block_probs, L)
     dist.check_divides(L)
     B = batch_size or run.train.batch_size
     torch.manual_seed(0)

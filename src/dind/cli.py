@@ -46,7 +46,8 @@ def _build_run(
         updates["noise"] = dataclasses.replace(run.train.noise, **noise)
     if block_sizes is not None or block_probs is not None:
         sizes = block_sizes or ",".join(map(str, run.train.block_dist.block_sizes))
-        updates["block_dist"] = BlockSizeDistribution.parse(sizes, block_probs)
+        seq_len = model_updates.get("seq_len") or run.model.seq_len
+        updates["block_dist"] = BlockSizeDistribution.parse(sizes, block_probs, seq_len)
     run.train = dataclasses.replace(run.train, **updates)
     model = {k: v for k, v in model_updates.items() if v is not None}
     if model:
@@ -61,7 +62,7 @@ def train(
     max_steps: Annotated[int | None, typer.Option(help="Optimizer steps.")] = None,
     block_sizes: Annotated[
         str | None,
-        typer.Option(help="Mixed-scale block sizes, e.g. 4,1024 (each must divide L)."),
+        typer.Option(help="Mixed-scale block sizes, e.g. 4,L or 4,1024 (each must divide L)."),
     ] = None,
     block_probs: Annotated[
         str | None, typer.Option(help="Their probabilities, e.g. 0.9,0.1 (default uniform).")
@@ -192,8 +193,9 @@ def sample(
     from dind.checkpoint import load_checkpoint
     from dind.devices import default_device, resolve_dtype, sampling_precision
     from dind.evaluate import BD3LM_ENTROPY_WINDOW
-    from dind.sampler import SamplerConfig, write_samples
+    from dind.sampler import SamplerConfig
     from dind.sampler import sample as run_sample
+    from dind.samples import write_samples
 
     block_sizes = _parse_list(stages, int, "--stages")
     ratios = _parse_list(remask, float, "--remask") if remask else ()
@@ -299,7 +301,9 @@ def eval_(
     else:
         if samples is None:
             raise DindError("give a samples file, or --checkpoint for held-out NELBO")
-        records = evaluate.read_samples(samples)  # validate before loading a judge
+        from dind.samples import read_samples
+
+        records = read_samples(samples)  # validate before loading a judge
         from dind.devices import default_device
         from dind.judges import load_judge
 
@@ -498,7 +502,7 @@ SamplesFromOpt = Annotated[
 def _sweep_options(seeds, num_samples, batch_size, judge, top_p, nucleus, stage1, progress,
                    retry_low_entropy, judge_max_tokens, window_stride=None,
                    samples_from=None):  # fmt: skip
-    from dind.sweep import SweepOptions
+    from dind.grid import SweepOptions
 
     return SweepOptions(seeds=_parse_list(seeds, int, "--seeds"), num_samples=num_samples,
                         batch_size=batch_size, judge=judge, top_p=top_p, nucleus=nucleus,
@@ -508,7 +512,7 @@ def _sweep_options(seeds, num_samples, batch_size, judge, top_p, nucleus, stage1
 
 
 def _report_sweep(result) -> None:
-    from dind.sweep import format_summary
+    from dind.results import format_summary
 
     typer.echo(format_summary(result.summary, result.judge))
     typer.echo("wrote " + ", ".join(str(p) for p in result.files.values()))
@@ -538,7 +542,8 @@ def sweep_gamma(
     samples_from: SamplesFromOpt = None,
 ) -> None:
     """Figure 2: Gen PPL against gamma for several stage-2 block sizes, stage 1 as reference."""
-    from dind import sweep
+    from dind import grid, sweep
+    from dind.config import parse_block_sizes
 
     opts = _sweep_options(seeds, num_samples, batch_size, judge, top_p, nucleus, stage1, progress,
                           retry_low_entropy, judge_max_tokens, window_stride,
@@ -546,7 +551,7 @@ def sweep_gamma(
     ratios = _parse_list(gammas, float, "--gammas")
 
     def build(L):
-        return sweep.gamma_settings(L, ratios, sweep.parse_sizes(block_sizes, L), opts, policy)
+        return grid.gamma_settings(L, ratios, parse_block_sizes(block_sizes, L), opts, policy)
 
     _report_sweep(sweep.run_sampling_sweep("gamma", checkpoint, out, opts, build, length))
 
@@ -573,7 +578,7 @@ def sweep_policy(
     samples_from: SamplesFromOpt = None,
 ) -> None:
     """Table 2: snapshot, post-hoc and random remasking at one (block size, gamma)."""
-    from dind import sweep
+    from dind import grid, sweep
 
     opts = _sweep_options(seeds, num_samples, batch_size, judge, top_p, nucleus, stage1, progress,
                           retry_low_entropy, judge_max_tokens, window_stride,
@@ -581,7 +586,7 @@ def sweep_policy(
     names = _parse_list(policies, str, "--policies")
 
     def build(L):
-        return sweep.policy_settings(L, gamma, sweep.parse_size(block_size, L), names, opts)
+        return grid.policy_settings(L, gamma, grid.parse_size(block_size, L), names, opts)
 
     _report_sweep(sweep.run_sampling_sweep("policy", checkpoint, out, opts, build, length))
 
@@ -610,7 +615,7 @@ def sweep_nfe(
     samples_from: SamplesFromOpt = None,
 ) -> None:
     """The quality-against-NFE frontier: one stage against two stages."""
-    from dind import sweep
+    from dind import grid, sweep
 
     opts = _sweep_options(seeds, num_samples, batch_size, judge, top_p, nucleus, stage1, progress,
                           retry_low_entropy, judge_max_tokens, window_stride,
@@ -619,7 +624,7 @@ def sweep_nfe(
     ratios = _parse_list(gammas, float, "--gammas")
 
     def build(L):
-        return sweep.nfe_settings(L, ts, ratios, sweep.parse_size(block_size, L), opts)
+        return grid.nfe_settings(L, ts, ratios, grid.parse_size(block_size, L), opts)
 
     _report_sweep(sweep.run_sampling_sweep("nfe", checkpoint, out, opts, build, length))
 
@@ -648,7 +653,7 @@ def sweep_topp(
 ) -> None:
     """The diversity control: stage 1 and two stages at each top-p, Gen PPL against entropy, and
     the gap to stage 1's curve at equal entropy."""
-    from dind import sweep
+    from dind import grid, sweep
 
     opts = _sweep_options(seeds, num_samples, batch_size, judge, 0.9, nucleus, stage1, progress,
                           retry_low_entropy, judge_max_tokens, window_stride,
@@ -657,7 +662,7 @@ def sweep_topp(
     ratios = _parse_list(gammas, float, "--gammas")
 
     def build(L):
-        return sweep.topp_settings(L, ps, ratios, sweep.parse_size(block_size, L), opts)
+        return grid.topp_settings(L, ps, ratios, grid.parse_size(block_size, L), opts)
 
     _report_sweep(sweep.run_sampling_sweep("topp", checkpoint, out, opts, build, length))
 
@@ -694,12 +699,12 @@ def sweep_mix(
     judge_max_tokens: JudgeMaxOpt = None,
 ) -> None:
     """Table 3: train each block-size mix briefly from one start, judge stage 1 and two stages."""
-    from dind import sweep
+    from dind import grid, sweep
 
     opts = _sweep_options(seeds, num_samples, batch_size, judge, top_p, nucleus, stage1, progress,
                           retry_low_entropy, judge_max_tokens)  # fmt: skip
     base = _build_run(preset, dict(corpus=corpus, tokenizer=tokenizer), {}, None, None)
-    result = sweep.run_mix_sweep(out, base, list(mix or sweep.DEFAULT_MIXES), steps, opts,
+    result = sweep.run_mix_sweep(out, base, list(mix or grid.DEFAULT_MIXES), steps, opts,
                                  gamma, init_from, pretrain_steps)  # fmt: skip
     _report_sweep(result)
 
@@ -717,12 +722,12 @@ def report(
 ) -> None:
     """One self-contained HTML page: trajectories shaded by snapshot confidence, sweep tables
     and plots."""
-    from dind import evaluate
     from dind.checkpoint import load_tokenizer
     from dind.report import write_report
-    from dind.sweep import report_parts
+    from dind.results import report_parts
+    from dind.samples import read_samples
 
-    records = evaluate.read_samples(samples)
+    records = read_samples(samples)
     tables, plots = [], []
     for folder in sweep or []:
         t, p = report_parts(folder)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -111,14 +112,12 @@ class BlockSizeDistribution:
             raise DindError(f"block size(s) {bad} do not divide the sequence length {seq_len}")
 
     @classmethod
-    def parse(cls, block_sizes: str, probs: str | None) -> BlockSizeDistribution:
-        """From the CLI's ``--block-sizes 4,1024 --block-probs 0.9,0.1`` (probs default uniform)."""
-        try:
-            sizes = tuple(int(s) for s in block_sizes.split(",") if s.strip())
-        except ValueError:
-            raise DindError(
-                f"--block-sizes must be integers separated by commas: {block_sizes!r}"
-            ) from None
+    def parse(
+        cls, block_sizes: str, probs: str | None, seq_len: int | None = None
+    ) -> BlockSizeDistribution:
+        """From the CLI's ``--block-sizes 4,L --block-probs 0.9,0.1`` (probs default uniform;
+        ``L`` and ``L/k`` need ``seq_len``)."""
+        sizes = parse_block_sizes(block_sizes, seq_len)
         if probs is None:
             ps = tuple(1.0 / max(len(sizes), 1) for _ in sizes)
         else:
@@ -129,6 +128,25 @@ class BlockSizeDistribution:
                     f"--block-probs must be numbers separated by commas: {probs!r}"
                 ) from None
         return cls(sizes, ps)
+
+
+def parse_block_sizes(text: str, seq_len: int | None = None) -> tuple[int, ...]:
+    """Block sizes from "16,64,L" or "4,L/2": ``L`` stands for the sequence length ``seq_len``
+    (refused when it is None). The one parser of block sizes: training, sweeps and benches."""
+    sizes = []
+    for item in (v.strip() for v in text.split(",")):
+        if not item:
+            continue
+        m = re.fullmatch(r"L(?:/(\d+))?", item)
+        if m and seq_len is None:
+            raise DindError(f"block size {item!r}: L is not known here; give a number")
+        try:
+            sizes.append(seq_len // int(m.group(1) or 1) if m else int(item))
+        except (ValueError, ZeroDivisionError):
+            raise DindError(f"block size {item!r}: not an integer, L or L/k") from None
+    if not sizes:
+        raise DindError(f"no block sizes in {text!r}")
+    return tuple(sizes)
 
 
 @dataclass

@@ -13,16 +13,18 @@
 
 from __future__ import annotations
 
-import json
+import dataclasses
 import math
 from pathlib import Path
 
-from dind import sweep
+from dind import grid, results
 from dind.checkpoint import load_checkpoint
 from dind.config import tiny
+from dind.frontier import STAGE1
 from dind.report import write_report
-from dind.sampler import Sample
+from dind.samples import file_name, from_record, read_samples
 from dind.show import render_sample
+from dind.sweep import draw_and_judge
 from dind.train import read_metrics, train
 
 GAMMAS = (0.25, 0.5, 0.75, 1.0)
@@ -39,17 +41,19 @@ def run_demo(
 ) -> dict:
     run = tiny()
     if max_steps is not None:
-        run.train.max_steps = max_steps
-        run.train.eval_every = 0
-    opts = sweep.SweepOptions(seeds=seeds, num_samples=num_samples, batch_size=8, judge=judge)
+        run = dataclasses.replace(
+            run, train=dataclasses.replace(run.train, max_steps=max_steps, eval_every=0)
+        )
+    opts = grid.SweepOptions(seeds=seeds, num_samples=num_samples, batch_size=8, judge=judge)
     opts.check()
     L = run.model.seq_len
-    gamma_grid = sweep.gamma_settings(L, GAMMAS, (16, L), opts)
+    gamma_grid = grid.gamma_settings(L, GAMMAS, (16, L), opts)
     stage1 = gamma_grid[0]
     main = next(s for s in gamma_grid if s.series == f"stage-2 block {L}" and s.x == MAIN_GAMMA)
-    policies = [s for s in sweep.policy_settings(L, MAIN_GAMMA, L, ("posthoc", "random"), opts)
-                if s.series != sweep.STAGE1]  # fmt: skip
-    frontier_grid = sweep.topp_settings(L, TOP_PS, (MAIN_GAMMA,), L, opts)
+    # the policies refine the same drafts; snapshot at (L, MAIN_GAMMA) is the main setting
+    policy_grid = grid.policy_settings(L, MAIN_GAMMA, L, ("snapshot", "posthoc", "random"), opts)
+    policies = policy_grid[1:]  # its stage-1 setting is the gamma grid's
+    frontier_grid = grid.topp_settings(L, TOP_PS, (MAIN_GAMMA,), L, opts)
     from dind.judges import load_judge
 
     scorer = load_judge(judge)  # before training: a bad judge fails at once
@@ -67,26 +71,24 @@ def run_demo(
     ck = load_checkpoint(out)
     tok = ck.tokenizer
     print(f"\nsampling {num_samples} sequences per seed (seeds {list(seeds)}) for stage 1, "
-          f"{len(gamma_grid) - 1} gamma settings and {len(policies) + 1} remasking policies, "
+          f"{len(gamma_grid) - 1} gamma settings and {len(policies)} remasking policies, "
           f"all refining the same stage-1 drafts, and the frontier: stage 1 and two stages at "
           f"top-p {', '.join(f'{p:g}' for p in TOP_PS)}")  # fmt: skip
-    rows = sweep.draw_and_judge(ck.model, tok, gamma_grid + policies, opts, scorer,
-                                out / "samples", "demo")  # fmt: skip
-    frontier_rows = sweep.draw_and_judge(ck.model, tok, frontier_grid, opts, scorer,
-                                         out / "samples", "frontier")  # fmt: skip
+    rows = draw_and_judge(ck.model, tok, gamma_grid + policies, opts, scorer, out / "samples",
+                          "demo")  # fmt: skip
+    frontier_rows = draw_and_judge(ck.model, tok, frontier_grid, opts, scorer, out / "samples",
+                                   "frontier")  # fmt: skip
     meta = {"checkpoint": str(out), "length": L, "judge": scorer.name, "seeds": list(seeds),
             "num_samples": num_samples}  # fmt: skip
-    policy_names = {s.name for s in policies} | {stage1.name, main.name}
-    gamma_result = sweep.finish("gamma", out, [r for r in rows if r["setting"] not in
-                                               {s.name for s in policies}], meta,
-                                sweep.plot_gamma, stage1.name)  # fmt: skip
-    main_as_policy = {"series": "snapshot", "setting": f"snapshot (block {L}, gamma {MAIN_GAMMA})"}
-    policy_rows = [{**r, **main_as_policy} if r["setting"] == main.name else r
-                   for r in rows if r["setting"] in policy_names]  # fmt: skip
-    policy_result = sweep.finish("policy", out, policy_rows, meta, sweep.plot_policy,
-                                 stage1.name)  # fmt: skip
-    frontier_result = sweep.finish("topp", out, frontier_rows, meta, sweep.plot_topp,
-                                   frontier_grid[0].name)  # fmt: skip
+    gamma_names = {s.name for s in gamma_grid}
+    policy_names = {s.name for s in policy_grid}
+    gamma_result = results.write_sweep(
+        "gamma", out, [r for r in rows if r["setting"] in gamma_names], meta, stage1.name
+    )
+    policy_result = results.write_sweep(
+        "policy", out, [r for r in rows if r["setting"] in policy_names], meta, stage1.name
+    )
+    frontier_result = results.write_sweep("topp", out, frontier_rows, meta, None)
 
     by_name = {s["setting"]: s for s in gamma_result.summary + policy_result.summary}
     comparison = [("stage 1 only (block 4)", by_name[stage1.name]),
@@ -106,19 +108,18 @@ def run_demo(
     print(honest)
     print("\nThe frontier (Gen PPL against entropy; 'vs stage 1' is the gap to stage 1's "
           "top-p curve at the same entropy):")  # fmt: skip
-    print(sweep.format_summary(frontier_result.summary, scorer.name))
+    print(results.format_summary(frontier_result.summary, scorer.name))
     summary = gamma_result.summary + [
         s for s in policy_result.summary if s["series"] in ("posthoc", "random")
     ]
     print("\nThe sweep around it (Figure 2 and Table 2 at this scale):")
-    print(sweep.format_summary(summary, scorer.name))
+    print(results.format_summary(summary, scorer.name))
 
-    main_file = out / "samples" / f"{sweep.slug(main.name)}_seed{seeds[0]}.jsonl"
-    records = [json.loads(line) for line in main_file.read_text().splitlines()]
+    records = read_samples(out / "samples" / file_name(main.name, seeds[0]))
     print("\nOne trajectory (remasked tokens struck through, changed ones in green):\n")
-    print(render_sample(_as_sample(records[0]), tok, tuple(records[0]["stages"])))
+    print(render_sample(from_record(records[0]), tok, tuple(records[0]["stages"])))
 
-    sweep_tables, sweep_plots = sweep.report_parts(out)
+    sweep_tables, sweep_plots = results.report_parts(out)
     report = write_report(
         out / "report.html",
         title="dind demo: draft with small blocks, revise globally",
@@ -148,7 +149,7 @@ def run_demo(
 def _honest_view(frontier: list[dict], stage1: dict, two: dict, judge: str) -> str:
     """The raw improvement next to the matched-entropy gap of the same two-stage setting."""
     raw = two["gen_ppl_mean"] / stage1["gen_ppl_mean"] - 1
-    main = next(s for s in frontier if s["series"] != sweep.STAGE1 and s["x"] == TOP_PS[0])
+    main = next(s for s in frontier if s["series"] != STAGE1 and s["x"] == TOP_PS[0])
     gap, inside = main.get("matched_gap_log_mean"), main.get("matched_gap_seeds", "0/0")
     text = (
         f"\nRaw: two stages change Gen PPL under {judge} by {raw:+.0%} against stage 1 at "
@@ -165,8 +166,3 @@ def _honest_view(frontier: list[dict], stage1: dict, two: dict, judge: str) -> s
         f"{main['entropy_mean']:.2f}): {math.expm1(gap):+.0%} ({inside} seeds inside "
         "the curve). Only this second figure is a gain of the method."
     )
-
-
-def _as_sample(record: dict) -> Sample:
-    keys = ("stage_tokens", "snapshot_confidence", "remasked", "nfe", "cache_passes", "seconds")
-    return Sample(record["index"], record["seed"], **{k: record[k] for k in keys})

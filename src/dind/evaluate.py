@@ -23,7 +23,6 @@ Design choices:
 
 from __future__ import annotations
 
-import json
 import math
 from collections import Counter
 from pathlib import Path
@@ -63,27 +62,6 @@ def bd3lm_rejects(tokens: list[int], block_size: int) -> bool:
         unigram_entropy(tokens[end - w : end]) < DEFAULT_ENTROPY_THRESHOLD
         for end in range(first_end, len(tokens) + 1, block_size)
     )
-
-
-def read_samples(path: str | Path) -> list[dict[str, Any]]:
-    """Records of a ``dind sample`` JSONL file; anything else is a one-line error."""
-    path = Path(path)
-    if not path.is_file():
-        raise DindError(f"samples file not found: {path}")
-    records = []
-    for n, line in enumerate(path.read_text().splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
-            raise DindError(f"{path} line {n} is not JSON: not a dind samples file") from None
-        if not isinstance(record, dict) or not isinstance(record.get("text"), str):
-            raise DindError(f"{path} line {n} has no 'text': not a dind samples file")
-        records.append(record)
-    if not records:
-        raise DindError(f"{path} holds no samples")
-    return records
 
 
 def evaluate_samples(

@@ -21,12 +21,13 @@ from __future__ import annotations
 import base64
 import html
 import math
-import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from dind.errors import DindError
+from dind.samples import Revision, revisions
+from dind.utils import atomic_write
 
 if TYPE_CHECKING:
     from dind.tokenizer import Tokenizer
@@ -126,17 +127,17 @@ def _draft(tokens: Sequence[int], conf: Sequence[float], remasked: set[int], pie
     return "".join(out)
 
 
-def _revision(prev: Sequence[int], cur: Sequence[int], remasked: set[int], piece: Piece) -> str:
-    out = []
-    for pos in range(1, len(cur)):
-        text = _esc(piece(cur[pos]))
-        if pos not in remasked:
-            out.append(text)
-        elif cur[pos] != prev[pos]:
-            was = _esc(f"was {piece(prev[pos])!r}")
+def _revision(r: Revision, piece: Piece) -> str:
+    out, remasked = [], set(r.remasked)
+    for pos in range(1, len(r.after)):
+        text = _esc(piece(r.after[pos]))
+        if pos in r.changed:
+            was = _esc(f"was {piece(r.before[pos])!r}")
             out.append(f'<span class="changed" title="{was}">{text}</span>')
-        else:
+        elif pos in remasked:
             out.append(f'<span class="kept">{text}</span>')
+        else:
+            out.append(text)
     return "".join(out)
 
 
@@ -164,20 +165,17 @@ def _sample(record: dict, tokenizer: Tokenizer) -> str:
             cache[t] = tokenizer.decode([t])
         return cache[t]
 
-    nfe = record.get("nfe") or []
-    for k in range(1, len(steps)):
-        prev, cur = steps[k - 1], steps[k]
-        chosen = [int(p) for p in record["remasked"][k]]
-        changed = sum(cur[p] != prev[p] for p in chosen)
-        block = stages[k] if k < len(stages) else "?"
-        calls = f", {nfe[k]} NFE" if k < len(nfe) else ""
+    for r in revisions(record):
+        block = stages[r.stage - 1] if r.stage - 1 < len(stages) else "?"
+        calls = "" if r.nfe is None else f", {r.nfe} NFE"
+        chosen = set(r.remasked)
         parts += [
-            f'<p class="counts">stage {k + 1}: block {block}, {len(chosen)} remasked, '
-            f"{changed} changed{calls}</p>",
-            f'<h3>draft (stage {k})</h3><div class="tokens">'
-            f"{_draft(prev, record['snapshot_confidence'][k - 1], set(chosen), piece)}</div>",
-            f'<h3>revised (stage {k + 1})</h3><div class="tokens">'
-            f"{_revision(prev, cur, set(chosen), piece)}</div>",
+            f'<p class="counts">stage {r.stage}: block {block}, {len(r.remasked)} remasked, '
+            f"{len(r.changed)} changed{calls}</p>",
+            f'<h3>draft (stage {r.stage - 1})</h3><div class="tokens">'
+            f"{_draft(r.before, record['snapshot_confidence'][r.stage - 2], chosen, piece)}"
+            "</div>",
+            f'<h3>revised (stage {r.stage})</h3><div class="tokens">{_revision(r, piece)}</div>',
         ]
     return "<section>" + "".join(parts) + "</section>"
 
@@ -194,7 +192,7 @@ def write_report(
     max_samples: int = 3,
 ) -> Path:
     """Write the report to ``path`` (atomically) and return it. ``samples`` are the records
-    of :func:`dind.sampler.write_samples`; the first ``max_samples`` are shown. Raises
+    of :func:`dind.samples.write_samples`; the first ``max_samples`` are shown. Raises
     :class:`DindError` if a plot file is missing (nothing is written then)."""
     path = Path(path)
     body = [f"<h1>{_esc(title)}</h1>"]
@@ -211,11 +209,5 @@ def write_report(
         f"<title>{_esc(title)}</title><style>{CSS}</style></head>\n"
         f"<body>\n" + "\n".join(body) + "\n</body></html>\n"
     )
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.part")
-    try:
-        tmp.write_text(page, encoding="utf-8")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    atomic_write(path, page)
     return path

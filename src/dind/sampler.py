@@ -39,7 +39,7 @@ from __future__ import annotations
 import copy
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
@@ -57,6 +57,7 @@ from dind.denoise import (
 from dind.devices import autocast_dtype
 from dind.errors import DindError
 from dind.evaluate import BD3LM_ENTROPY_WINDOW, DEFAULT_ENTROPY_THRESHOLD, bd3lm_rejects
+from dind.samples import Sample
 
 MAX_DRAWS = 10
 """Draws of one stage-1 draft under ``retry_low_entropy`` (BD3-LM's ``num_tries``)."""
@@ -133,29 +134,6 @@ class SamplerConfig:
             raise DindError("steps must be positive")
         if self.confidence not in ("model", "nucleus"):
             raise DindError("confidence must be 'model' or 'nucleus'")
-
-
-@dataclass
-class Sample:
-    """One sequence and its trajectory through the stages (the sampler's JSONL record)."""
-
-    index: int
-    seed: int
-    stage_tokens: list[list[int]] = field(default_factory=list)
-    snapshot_confidence: list[list[float]] = field(default_factory=list)
-    remasked: list[list[int]] = field(default_factory=list)
-    nfe: list[int] = field(default_factory=list)
-    cache_passes: list[int] = field(default_factory=list)
-    seconds: list[float] = field(default_factory=list)
-    redraws: int | None = None
-    """Stage-1 drafts thrown away by ``retry_low_entropy``; None when the option is off."""
-    rng_state: Tensor | None = field(default=None, repr=False)
-    """The sample's generator state after its last stage (not saved): lets ``refine`` go on
-    from this point exactly as one longer ``sample`` call would have."""
-
-    @property
-    def tokens(self) -> list[int]:
-        return self.stage_tokens[-1]
 
 
 def sample_seed(seed: int, index: int) -> int:
@@ -420,43 +398,3 @@ def ar_generate(
         for r in range(batch_size):
             x[r, i + 1] = nucleus_sample(probs[r], top_p, generators[r], nucleus)[0]
     return x, length - 1
-
-
-def sample_record(s: Sample, tokenizer, cfg: SamplerConfig) -> dict:
-    """The JSONL record of one sample (other tools read these keys)."""
-    return {
-        "index": s.index,
-        "seed": s.seed,
-        "text": tokenizer.decode(s.tokens[1:]),  # position 0 is BOS
-        "stages": list(cfg.stages),
-        "remask_ratios": list(cfg.remask),
-        "remask_policy": cfg.remask_policy,
-        "top_p": cfg.top_p,
-        "nucleus": cfg.nucleus,
-        "stage_tokens": s.stage_tokens,
-        "snapshot_confidence": s.snapshot_confidence,
-        "remasked": s.remasked,
-        "nfe": s.nfe,
-        "cache_passes": s.cache_passes,
-        "seconds": s.seconds,
-        # only with retry_low_entropy, so a file drawn without it is as before
-        **({} if s.redraws is None else {"redraws": s.redraws}),
-    }
-
-
-def write_samples(path, samples: list[Sample], tokenizer, cfg: SamplerConfig) -> None:
-    """Write the JSONL file atomically: a temporary file renamed into place when complete."""
-    import json
-    import os
-    from pathlib import Path
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.part")
-    try:
-        with open(tmp, "w") as f:
-            for s in samples:
-                f.write(json.dumps(sample_record(s, tokenizer, cfg)) + "\n")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)

@@ -7,7 +7,7 @@ re-filled but unchanged ones in yellow.
 
 from __future__ import annotations
 
-from dind.sampler import Sample
+from dind.samples import Sample, revisions
 from dind.tokenizer import Tokenizer
 
 RED, GREEN, YELLOW, DIM, RESET = "\x1b[9;31m", "\x1b[1;32m", "\x1b[33m", "\x1b[2m", "\x1b[0m"
@@ -27,12 +27,11 @@ def render_sample(s: Sample, tokenizer: Tokenizer, stage_sizes: tuple[int, ...])
              f"{DIM}stage 1 draft (block {stage_sizes[0]}, {s.nfe[0]} NFE):{RESET}"]  # fmt: skip
     if len(s.stage_tokens) == 1:
         lines.append(_render(s.tokens, tokenizer, {}))
-    for k in range(1, len(s.stage_tokens)):
-        before, after, positions = s.stage_tokens[k - 1], s.stage_tokens[k], s.remasked[k]
-        lines.append(_render(before, tokenizer, {p: RED for p in positions}))
-        changed = {p: GREEN if after[p] != before[p] else YELLOW for p in positions}
-        n_changed = sum(1 for p in positions if after[p] != before[p])
-        lines.append(f"{DIM}stage {k + 1} (block {stage_sizes[k]}, {len(positions)} remasked, "
-                     f"{n_changed} changed, {s.nfe[k]} NFE):{RESET}")  # fmt: skip
-        lines.append(_render(after, tokenizer, changed))
+    for r in revisions(s):
+        lines.append(_render(r.before, tokenizer, {p: RED for p in r.remasked}))
+        lines.append(f"{DIM}stage {r.stage} (block {stage_sizes[r.stage - 1]}, "
+                     f"{len(r.remasked)} remasked, {len(r.changed)} changed, {r.nfe} NFE):"
+                     f"{RESET}")  # fmt: skip
+        styles = {p: GREEN if p in r.changed else YELLOW for p in r.remasked}
+        lines.append(_render(r.after, tokenizer, styles))
     return "\n".join(lines)
