@@ -14,6 +14,12 @@ Design choices:
   the configured [eps_min, eps_max].
 - Data parallel: torchrun sets the environment; gloo on CPU, NCCL on CUDA; each rank takes
   its own slice of the global batch and draws its own block sizes and noise.
+- ``train`` never changes the config it is given: the run trains a resolved copy (the
+  tokenizer's vocabulary, causal attention for AR), which ``run.json`` records.
+- ``metrics.jsonl`` is strict JSON, one record a line (a non-finite number is null). A kill
+  can leave a partial last line: ``--resume`` drops it (and says so), with the records after
+  the checkpoint it resumes from. A folder killed before its first checkpoint resumes from
+  nothing (step 0); a fresh run refuses it and says to pass ``--resume`` or delete it.
 """
 
 from __future__ import annotations
@@ -435,10 +441,7 @@ class _Trainer:
             if (tc.eval_every and done % tc.eval_every == 0) or done == tc.max_steps:
                 last = self.validate(done)
                 if self.proc.rank == 0 and progress:
-                    bar.write(f"step {done}: val NELBO {last['val_nelbo']:.4f} (ppl <= "
-                              f"{last['val_ppl']:.2f})" + (f"; noise intervals "
-                              f"{format_intervals(self.intervals)}" if tc.objective == "bd3"
-                              else ""))  # fmt: skip
+                    bar.write(self.summary(last))
                 self.save(done)
                 self.proc.barrier()
         bar.close()
@@ -520,6 +523,14 @@ class _Trainer:
         finally:
             if ema is not None:
                 ema.swap(model)
+
+    def summary(self, record: dict[str, Any]) -> str:
+        """A validation record as the progress bar prints it."""
+        line = f"step {record['step']}: val NELBO {record['val_nelbo']:.4f} (ppl <= "
+        line += f"{record['val_ppl']:.2f})"
+        if self.run.train.objective == "bd3":
+            line += f"; noise intervals {format_intervals(self.intervals)}"
+        return line
 
     def log(self, record: dict[str, Any]) -> None:
         if self.proc.rank == 0:
