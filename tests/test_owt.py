@@ -14,8 +14,9 @@ import pytest
 
 datasets = pytest.importorskip("datasets")
 
+from dind.data import open_token_rows  # noqa: E402
 from dind.errors import DindError  # noqa: E402
-from dind.owt import load_documents, open_token_rows, prepare_openwebtext  # noqa: E402
+from dind.owt import load_documents, prepare_openwebtext  # noqa: E402
 from dind.tokenizer import gpt2_tokenizer  # noqa: E402
 
 N_DOCS, HOLDOUT, SEQ = 30, 5, 16

@@ -1,4 +1,5 @@
 import json
+import math
 import os
 import subprocess
 import sys
@@ -337,3 +338,164 @@ def test_cli_noise_intervals_are_given_per_block_size():
     assert run.train.noise.clip_search_widths == (0.5, 0.7, 0.9)  # the preset's, kept
     with pytest.raises(DindError, match="SIZE:BETA,OMEGA"):
         cli._parse_intervals(["4:0.5"])
+
+
+# ----------------------------------------------------------------------------- issue 12: the
+# caller's config, one held-out NELBO, metrics.jsonl after a kill (helper i12-train's block)
+
+
+def _records(run_dir: Path) -> list[dict]:
+    """metrics.jsonl as strict JSON (NaN or Infinity is an error), timings left out."""
+
+    def reject(name):
+        raise ValueError(f"not strict JSON: {name}")
+
+    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+    records = [json.loads(x, parse_constant=reject) for x in lines]
+    return [{k: v for k, v in r.items() if k != "tokens_per_s"} for r in records]
+
+
+def _killed_at_first_save(monkeypatch, corpus: Path, out: Path, **overrides) -> None:
+    """A run folder as a kill during the first checkpoint's write leaves it: run.json, the
+    tokenizer and metrics.jsonl, no checkpoint."""
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as m:
+        m.setattr(ckpt, "save_checkpoint", killed)
+        with pytest.raises(KeyboardInterrupt):
+            train(tiny_run(corpus, **overrides), out, progress=False)
+    assert (out / "run.json").exists() and not (out / "checkpoint").exists()
+
+
+def test_train_leaves_the_callers_config_as_it_was(tmp_path):
+    corpus = write_corpus(tmp_path / "corpus")
+    for objective in ("ar", "bd3"):  # AR sets causal; the tokenizer sets the vocabulary
+        run = tiny_run(corpus, objective=objective, max_steps=1, eval_every=0)
+        run.model.vocab_size, run.model.mask_id = 999, 998
+        before = run.to_dict()
+        train(run, tmp_path / objective, progress=False)
+        assert run.to_dict() == before
+        saved = json.loads((tmp_path / objective / "run.json").read_text())
+        assert (saved["model"]["vocab_size"], saved["model"]["causal"]) == (301, objective == "ar")
+
+
+def test_an_ar_run_resumes(tmp_path):
+    corpus = write_corpus(tmp_path / "corpus")
+    train(tiny_run(corpus, objective="ar", max_steps=2, eval_every=0), tmp_path / "ar",
+          progress=False)  # fmt: skip
+    last = train(tiny_run(corpus, objective="ar", max_steps=3, eval_every=0), tmp_path / "ar",
+                 resume=True, progress=False)  # fmt: skip
+    assert last["step"] == 3
+    assert [r["step"] for r in _records(tmp_path / "ar")] == [0, 1, 2, 2, 3, 3]
+
+
+def test_validation_and_dind_nelbo_are_the_same_computation(tmp_path):
+    """The NELBO training logs at its last validation is, bit for bit, what ``heldout_nelbo``
+    computes from the saved (EMA) weights on the same rows with the same seed."""
+    from dind.data import prepare_data
+    from dind.evaluate import heldout_nelbo
+
+    corpus = write_corpus(tmp_path / "corpus")
+    run = tiny_run(corpus, max_steps=3, eval_every=0)
+    train(run, tmp_path / "run", progress=False)
+    tc = run.train
+    _, val = prepare_data(str(corpus), ckpt.load_checkpoint(tmp_path / "run").tokenizer, 32)
+    assert len(val) >= tc.eval_batches * tc.batch_size  # validation reads rows 0, 1, ... too
+    logged = _records(tmp_path / "run")[-1]
+    for b in tc.block_dist.block_sizes[:1]:  # the first size validated draws the seed's noise
+        result = heldout_nelbo(tmp_path / "run", b, max_batches=tc.eval_batches,
+                               batch_size=tc.batch_size, seed=tc.seed + 12_345)  # fmt: skip
+        assert result["nelbo"] == logged[f"val_nelbo_bs{b}"]
+
+
+def test_metrics_are_strict_json(tmp_path, monkeypatch):
+    """A gradient norm that overflowed is logged as null, not as the non-JSON Infinity."""
+    monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", lambda *a, **k: torch.tensor(math.inf))
+    corpus = write_corpus(tmp_path / "corpus")
+    train(tiny_run(corpus, max_steps=2, eval_every=0), tmp_path / "run", progress=False)
+    logged = [r for r in _records(tmp_path / "run") if "loss" in r]
+    assert [r["grad_norm"] for r in logged] == [None, None]
+    assert all(math.isfinite(r["loss"]) for r in logged)
+
+
+def test_resume_drops_a_partial_last_line_of_metrics(tmp_path, capfd):
+    """Fault 3: a kill during a metrics write leaves a partial last line; --resume drops it,
+    says so, and the curve is the uninterrupted run's."""
+    corpus = write_corpus(tmp_path / "corpus")
+    train(tiny_run(corpus, max_steps=6, eval_every=3), tmp_path / "full", progress=False)
+    train(tiny_run(corpus, max_steps=3, eval_every=3), tmp_path / "part", progress=False)
+    with open(tmp_path / "part" / "metrics.jsonl", "a") as f:
+        f.write('{"step": 4, "loss": 5.12')  # the write a kill cut short
+    assert len(read_metrics(tmp_path / "part")) == len(_records(tmp_path / "full")) - 4
+    capfd.readouterr()
+    train(tiny_run(corpus, max_steps=6, eval_every=3), tmp_path / "part", resume=True,
+          progress=False)  # fmt: skip
+    err = capfd.readouterr().err
+    assert "partial last line" in err and len(err.strip().splitlines()) == 1
+    full, part = _records(tmp_path / "full"), _records(tmp_path / "part")
+    assert [{k: v for k, v in r.items() if k != "tokens"} for r in part] == [
+        {k: v for k, v in r.items() if k != "tokens"} for r in full]  # fmt: skip
+    assert not [p.name for p in (tmp_path / "part").iterdir() if p.name.endswith((".tmp", ".part"))]
+
+
+def test_a_run_killed_before_its_first_checkpoint_resumes_from_nothing(tmp_path, monkeypatch,
+                                                                       capfd):  # fmt: skip
+    """Fault 4: a fresh run into the folder says in one line to pass --resume or delete it;
+    --resume starts over from step 0 and gives the uninterrupted run's records."""
+    corpus = write_corpus(tmp_path / "corpus")
+    out = tmp_path / "run"
+    _killed_at_first_save(monkeypatch, corpus, out, max_steps=3, eval_every=2)
+    with open(out / "metrics.jsonl", "a") as f:
+        f.write('{"step": 3, "lo')
+    with pytest.raises(DindError, match="pass --resume.*delete the folder") as e:
+        train(tiny_run(corpus, max_steps=3, eval_every=2), out, progress=False)
+    assert "\n" not in str(e.value)
+    capfd.readouterr()
+    train(tiny_run(corpus, max_steps=3, eval_every=2), out, resume=True, progress=False)
+    assert "starting over from step 0" in capfd.readouterr().err
+    train(tiny_run(corpus, max_steps=3, eval_every=2), tmp_path / "full", progress=False)
+    assert _records(out) == _records(tmp_path / "full")
+    wa = ckpt.read_weights(out / "checkpoint")
+    wb = ckpt.read_weights(tmp_path / "full" / "checkpoint")
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def test_a_folder_with_only_run_json_is_refused_fresh_and_resumed_from_nothing(tmp_path):
+    """A kill between writing run.json and the first record: the same two answers."""
+    corpus = write_corpus(tmp_path / "corpus")
+    out = tmp_path / "run"
+    train(tiny_run(corpus, max_steps=1, eval_every=0), out, progress=False)
+    for name in ("checkpoint", "metrics.jsonl"):
+        path = out / name
+        path.unlink() if path.is_file() else __import__("shutil").rmtree(path)
+    with pytest.raises(DindError, match="stopped before its first checkpoint"):
+        train(tiny_run(corpus, max_steps=1, eval_every=0), out, progress=False)
+    train(tiny_run(corpus, max_steps=1, eval_every=0), out, resume=True, progress=False)
+    assert [r["step"] for r in _records(out)] == [0, 1, 1]
+
+
+def test_cli_a_folder_killed_before_its_first_checkpoint(tmp_path):
+    """Through the CLI (an AR run, which --resume once refused as a "different config"): a
+    fresh run is one line of error, --resume starts over and says so."""
+    import shutil
+
+    corpus = write_corpus(tmp_path / "corpus")
+    out = tmp_path / "r"
+    args = ["train", "--out", str(out), "--corpus", str(corpus), "--seq-len", "32",
+            "--batch-size", "2", "--max-steps", "1", "--objective", "ar",
+            "--no-progress"]  # fmt: skip
+    env = {"DIND_CACHE": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1"}
+    assert _cli(*args, env=env).returncode == 0
+    shutil.rmtree(out / "checkpoint")  # as if killed before writing it
+    with open(out / "metrics.jsonl", "a") as f:
+        f.write('{"step": 3, "lo')
+    res = _cli(*args, env=env)
+    assert res.returncode == 2 and "Traceback" not in res.stderr
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error:") and "--resume" in lines[0]
+    res = _cli(*args, "--resume", env=env)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert "starting over from step 0" in res.stderr and "partial last line" in res.stderr
+    assert [r["step"] for r in _records(out)] == [0, 1, 1]

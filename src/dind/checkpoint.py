@@ -69,6 +69,12 @@ class Checkpoint:
         return draft_interval(self.run_config, self.intervals)[1]
 
 
+def draft_block_size(run: RunConfig) -> int:
+    """The block size a model drafts with, which its ``config.json`` names and its training
+    run reports as ``val_nelbo``: P_B's draft size, 1 for an AR model."""
+    return 1 if run.model.causal else run.train.block_dist.draft
+
+
 def draft_interval(run: RunConfig, intervals: Intervals) -> tuple[float, float]:
     """The interval BD3-LM's single pair of buffers holds: the draft block size's."""
     return intervals.get(run.train.block_dist.draft, (DEFAULT_EPS_MIN, DEFAULT_EPS_MAX))
@@ -85,10 +91,9 @@ def intervals_from_json(obj: dict) -> Intervals:
 def bd3lm_config_fields(run: RunConfig, eps_min: float, eps_max: float) -> dict[str, Any]:
     """BD3-LM's ``config.json`` fields for this model."""
     m = run.model
-    draft = run.train.block_dist.draft
     return {
         "model_type": "bd3lm",
-        "block_size": 1 if m.causal else draft,
+        "block_size": draft_block_size(run),
         "vocab_size": m.vocab_size,
         "model_length": m.seq_len,
         "cross_attn": not m.causal,

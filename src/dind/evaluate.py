@@ -25,12 +25,15 @@ from __future__ import annotations
 
 import math
 from collections import Counter
+from collections.abc import Iterable
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from typing import Any
 
 import torch
 from tqdm import tqdm
 
+from dind.config import ModelConfig
 from dind.errors import DindError
 
 DEFAULT_ENTROPY_THRESHOLD = 4.0
@@ -174,6 +177,37 @@ def format_table(result: dict[str, Any]) -> str:
 
 
 @torch.no_grad()
+def mean_nelbo(
+    model: torch.nn.Module,
+    cfg: ModelConfig,
+    batches: Iterable[torch.Tensor],
+    block_size: int | None,
+    antithetic: bool = True,
+    autocast: AbstractContextManager | None = None,
+) -> tuple[float, int]:
+    """The one held-out NELBO loop: nats per token of ``model`` (config ``cfg``) over
+    ``batches`` of clean rows at ``block_size``, with BD3-LM's unclipped bounds (1e-3, 1) and
+    BOS left out (for a causal model the exact NLL, ``block_size`` unused); and the number of
+    tokens averaged over. Uses the global torch RNG: seed it for the same noise each call."""
+    from dind.loss import ar_loss, bd3_loss
+    from dind.noise import DEFAULT_EPS_MAX, DEFAULT_EPS_MIN
+
+    total, count = 0.0, 0
+    for x0 in batches:
+        with autocast or nullcontext():
+            if cfg.causal:
+                res = ar_loss(model, cfg, x0)
+            else:
+                sizes = torch.full((len(x0),), block_size)  # on the CPU, where the loss reads it
+                # (resampling never acts at the unclipped bounds: no draw to redo)
+                res = bd3_loss(model, cfg, x0, sizes, DEFAULT_EPS_MIN, DEFAULT_EPS_MAX,
+                               antithetic, resample=False, eval_mode=True)  # fmt: skip
+        total += res.nll[res.token_mask].sum().item()
+        count += int(res.token_mask.sum())
+    return total / count, count
+
+
+@torch.no_grad()
 def heldout_nelbo(
     checkpoint: str | Path,
     block_size: int | None = None,
@@ -190,8 +224,6 @@ def heldout_nelbo(
     from dind import checkpoint as ckpt
     from dind.data import prepare_data
     from dind.devices import default_device
-    from dind.loss import ar_loss, bd3_loss
-    from dind.noise import DEFAULT_EPS_MAX, DEFAULT_EPS_MIN
 
     device = torch.device(device or default_device())
     ck = ckpt.load_checkpoint(checkpoint, device)
@@ -206,20 +238,15 @@ def heldout_nelbo(
     n_batches = math.ceil(len(val) / batch_size)
     if max_batches:
         n_batches = min(n_batches, max_batches)
+    batches = (
+        val.batch(list(range(b * batch_size, min((b + 1) * batch_size, len(val))))).to(device)
+        for b in range(n_batches)
+    )
     torch.manual_seed(seed)
-    total, count = 0.0, 0
-    for b in tqdm(range(n_batches), disable=not progress, desc="held-out NELBO"):
-        idx = list(range(b * batch_size, min((b + 1) * batch_size, len(val))))
-        x0 = val.batch(idx).to(device)
-        if cfg.causal:
-            res = ar_loss(ck.model, cfg, x0)
-        else:
-            sizes = torch.full((len(x0),), block_size)  # on the CPU, where the loss reads it
-            res = bd3_loss(ck.model, cfg, x0, sizes, DEFAULT_EPS_MIN, DEFAULT_EPS_MAX,
-                           antithetic=True, resample=False, eval_mode=True)  # fmt: skip
-        total += res.nll[res.token_mask].sum().item()
-        count += int(res.token_mask.sum())
-    nelbo = total / count
+    nelbo, count = mean_nelbo(
+        ck.model, cfg, tqdm(batches, total=n_batches, disable=not progress, desc="held-out NELBO"),
+        block_size,
+    )  # fmt: skip
     return {
         "checkpoint": str(ck.path),
         "objective": "ar" if cfg.causal else "bd3",

@@ -9,8 +9,9 @@ Design choices:
 - As in BD3-LM, the LAST ``holdout`` documents are validation and the rest train, every
   document is followed by EOS (``<|endoftext|>``) and the documents are concatenated in order.
   Each split becomes one flat ``uint16`` file (GPT-2's 50257 ids fit), so training memory-maps
-  it and cuts rows of any length without a copy: the files do not depend on ``seq_len``, which
-  ``meta.json`` records only as the length the data was prepared for.
+  it and cuts rows of any length without a copy (``dind.data.open_token_rows``, the reader;
+  this module only writes): the files do not depend on ``seq_len``, which ``meta.json``
+  records only as the length the data was prepared for.
 - Tokenizing runs in ``num_proc`` worker processes through ``Dataset.map``, which also shows
   the progress bar and caches the tokenized documents in the ``datasets`` cache, so a run that
   dies while writing restarts from the token ids. Each worker builds its own tokenizer (the
@@ -32,7 +33,6 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from dind.data import TokenRows
 from dind.errors import DindError
 
 if TYPE_CHECKING:
@@ -298,20 +298,3 @@ def prepare_openwebtext(
     os.chmod(tmp, 0o644)
     os.replace(tmp, out_dir / META)  # last: its presence marks the folder complete
     return meta
-
-
-def open_token_rows(out_dir: str | Path, split: str, seq_len: int) -> TokenRows:
-    """``out_dir/{split}.bin`` memory-mapped as (N, seq_len) rows; the remainder is dropped."""
-    path = Path(out_dir).expanduser() / f"{split}.bin"
-    if not path.is_file():
-        raise DindError(f"{path} not found; run prepare_openwebtext into {out_dir} first")
-    if seq_len < 1:
-        raise DindError(f"seq_len must be positive, got {seq_len}")
-    size = path.stat().st_size
-    if size % 2:
-        raise DindError(f"{path} has an odd byte count; it is not a uint16 token file")
-    n = size // 2 // seq_len
-    if n == 0:
-        raise DindError(f"{path} holds {size // 2} tokens, fewer than one row of {seq_len}")
-    flat = np.memmap(path, dtype=np.uint16, mode="r")
-    return TokenRows(flat[: n * seq_len].reshape(n, seq_len))  # a view: nothing is copied

@@ -14,6 +14,12 @@ Design choices:
   the configured [eps_min, eps_max].
 - Data parallel: torchrun sets the environment; gloo on CPU, NCCL on CUDA; each rank takes
   its own slice of the global batch and draws its own block sizes and noise.
+- ``train`` never changes the config it is given: the run trains a resolved copy (the
+  tokenizer's vocabulary, causal attention for AR), which ``run.json`` records.
+- ``metrics.jsonl`` is strict JSON, one record a line (a non-finite number is null). A kill
+  can leave a partial last line: ``--resume`` drops it (and says so), with the records after
+  the checkpoint it resumes from. A folder killed before its first checkpoint resumes from
+  nothing (step 0); a fresh run refuses it and says to pass ``--resume`` or delete it.
 """
 
 from __future__ import annotations
@@ -23,8 +29,10 @@ import json
 import math
 import os
 import shutil
+import sys
 import time
 from contextlib import nullcontext
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -38,10 +46,12 @@ from dind.config import RunConfig
 from dind.data import TokenRows, batch_indices, load_corpus, prepare_data, tokenized_folder
 from dind.devices import to_device
 from dind.errors import DindError
+from dind.evaluate import mean_nelbo
 from dind.loss import LossOutput, ar_loss, bd3_loss
 from dind.mixed_scale import sample_block_sizes
 from dind.model import DiT
 from dind.tokenizer import Tokenizer, get_tokenizer
+from dind.utils import atomic_write
 
 RUN_CONFIG = "run.json"
 METRICS = "metrics.jsonl"
@@ -130,6 +140,10 @@ def format_intervals(intervals: noise.Intervals) -> str:
     return ", ".join(f"B={b} [{lo:g}, {hi:g}]" for b, (lo, hi) in sorted(intervals.items()))
 
 
+def _val_key(run: RunConfig, block_size: int) -> str:
+    return "val_nll" if run.model.causal else f"val_nelbo_bs{block_size}"
+
+
 @torch.no_grad()
 def evaluate(
     model: DiT,
@@ -146,26 +160,12 @@ def evaluate(
         val.batch([(i * n + j) % len(val) for j in range(n)]).to(device)
         for i in range(tc.eval_batches)
     ]
-    out: dict[str, float] = {}
-    sizes = [1] if tc.objective == "ar" else list(tc.block_dist.block_sizes)
-    for bs in sizes:
-        total, count = 0.0, 0
-        for x0 in batches:
-            with autocast:
-                res = compute_loss(
-                    model,
-                    run,
-                    x0,
-                    torch.full((len(x0),), bs),  # on the CPU: read there without a sync
-                    {bs: (noise.DEFAULT_EPS_MIN, noise.DEFAULT_EPS_MAX)},
-                    eval_mode=True,
-                )
-            total += res.nll[res.token_mask].sum().item()
-            count += int(res.token_mask.sum().item())
-        key = "val_nll" if tc.objective == "ar" else f"val_nelbo_bs{bs}"
-        out[key] = total / count
-    draft = tc.block_dist.draft
-    primary = out["val_nll"] if tc.objective == "ar" else out[f"val_nelbo_bs{draft}"]
+    out: dict[str, Any] = {}
+    for bs in [1] if run.model.causal else tc.block_dist.block_sizes:
+        out[_val_key(run, bs)], _ = mean_nelbo(
+            model, run.model, batches, bs, tc.noise.antithetic, autocast
+        )
+    primary = out[_val_key(run, ckpt.draft_block_size(run))]
     out["val_nelbo"] = primary
     out["val_ppl"] = math.exp(min(primary, 50.0))
     searched = [bs for bs in tc.block_dist.block_sizes if bs not in tc.noise.intervals]
@@ -223,75 +223,118 @@ def _build_tokenizer(run: RunConfig, out: Path, rank: int, world: int) -> Tokeni
     return Tokenizer.load(tok_dir)
 
 
-def train(
-    run: RunConfig,
-    out_dir: str | Path,
-    resume: bool = False,
-    init_from: str | Path | None = None,
-    progress: bool = True,
-) -> dict[str, Any]:
-    """Train ``run`` into ``out_dir``; returns the last metrics record."""
-    out = Path(out_dir)
-    rank, local_rank, world = _dist_env()
-    if world > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
-    device = torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
-    if device.type == "cuda":
-        torch.cuda.set_device(device)
-    tc = run.train
+# ----------------------------------------------------------------------------- set-up
 
-    state = None
-    if resume:
-        if not (out / RUN_CONFIG).exists():
-            raise DindError(f"--resume: {out} holds no run to resume")
+
+@dataclass(frozen=True)
+class _Process:
+    """This process's place in a data-parallel run (rank 0 of 1 without torchrun)."""
+
+    rank: int
+    local_rank: int
+    world: int
+    device: torch.device
+
+    @classmethod
+    def join(cls) -> _Process:
+        """Join torchrun's process group (gloo on CPU, NCCL on CUDA) and take this rank's device."""
+        rank, local_rank, world = _dist_env()
+        if world > 1 and not dist.is_initialized():
+            dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+        device = torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+        return cls(rank, local_rank, world, device)
+
+    def barrier(self) -> None:
+        if self.world > 1:
+            dist.barrier()
+
+
+def _resolved(run: RunConfig, vocab_size: int, mask_id: int) -> RunConfig:
+    """A copy of ``run`` completed as it trains: the vocabulary and mask id of its tokenizer,
+    causal attention for the AR objective (``run`` itself is left as it is)."""
+    model = dataclasses.replace(
+        run.model, vocab_size=vocab_size, mask_id=mask_id, causal=run.train.objective == "ar"
+    )
+    return dataclasses.replace(run, model=model)
+
+
+def _check_folder(run: RunConfig, out: Path, resume: bool) -> bool:
+    """Whether ``out`` holds a checkpoint to resume from. A fresh run needs a folder holding
+    no run; ``--resume`` one whose ``run.json`` matches ``run`` except in
+    ``RESUMABLE_CHANGES`` (without a checkpoint yet it starts over from step 0)."""
+    has_checkpoint = (out / "checkpoint").exists()
+    if not resume:
+        if has_checkpoint:
+            raise DindError(f"{out} already holds a run; pass --resume or choose another --out")
+        if (out / RUN_CONFIG).exists() or (out / METRICS).exists():
+            raise DindError(
+                f"{out} holds a run stopped before its first checkpoint: pass --resume to "
+                "start it over from step 0, or delete the folder"
+            )
+        return False
+    if not (out / RUN_CONFIG).exists():
+        raise DindError(f"--resume: {out} holds no run to resume")
+    try:
         saved = RunConfig.from_dict(json.loads((out / RUN_CONFIG).read_text()))
-        run.model = dataclasses.replace(
-            run.model, vocab_size=saved.model.vocab_size, mask_id=saved.model.mask_id
-        )
-        diffs = [
-            d
-            for d in _config_diff(saved.to_dict(), run.to_dict())
-            if d.split(":")[0].split(".")[-1] not in RESUMABLE_CHANGES
-        ]
-        if diffs:
-            raise DindError(f"--resume with a different config ({'; '.join(diffs[:3])})")
-        state = ckpt.load_training_state(out)
-    elif (out / "checkpoint").exists() or (out / METRICS).exists():
-        raise DindError(f"{out} already holds a run; pass --resume or choose another --out")
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise DindError(f"--resume: {out / RUN_CONFIG} is not JSON; delete the folder") from None
+    given = _resolved(run, saved.model.vocab_size, saved.model.mask_id)
+    diffs = [
+        d
+        for d in _config_diff(saved.to_dict(), given.to_dict())
+        if d.split(":")[0].split(".")[-1] not in RESUMABLE_CHANGES
+    ]
+    if diffs:
+        raise DindError(f"--resume with a different config ({'; '.join(diffs[:3])})")
+    return has_checkpoint
 
+
+def _prepare(
+    run: RunConfig, out: Path, proc: _Process, init_from: str | Path | None
+) -> tuple[RunConfig, ckpt.Checkpoint | None, Tokenizer, TokenRows, TokenRows]:
+    """The resolved run, the checkpoint fine-tuned from (or None), the tokenizer and the train
+    and held-out rows; writes ``tokenizer/`` and ``run.json``. A failure leaves no run folder
+    that this call created."""
     created = not out.exists()
-    try:  # set-up; a failure here leaves no run folder behind that this call created
+    try:
         if init_from is not None:
             source = ckpt.load_checkpoint(init_from)
             tokenizer = source.tokenizer
-            if rank == 0:
+            if proc.rank == 0:
                 tokenizer.save(out / "tokenizer")
         else:
             source = None
-            if rank == 0:
+            if proc.rank == 0:
                 out.mkdir(parents=True, exist_ok=True)
-            if world > 1:
-                dist.barrier()
-            tokenizer = _build_tokenizer(run, out, rank, world)
-        run.model = dataclasses.replace(
-            run.model, vocab_size=tokenizer.vocab_size, mask_id=tokenizer.mask_id,
-            causal=tc.objective == "ar",
-        )  # fmt: skip
-        if run.model.attn_backend == "flex" and device.type != "cuda":
+            proc.barrier()
+            tokenizer = _build_tokenizer(run, out, proc.rank, proc.world)
+        run = _resolved(run, tokenizer.vocab_size, tokenizer.mask_id)
+        if run.model.attn_backend == "flex" and proc.device.type != "cuda":
             raise DindError("attn_backend 'flex' needs a CUDA device; use 'sdpa' on CPU")
-        if tc.objective == "bd3":
-            tc.block_dist.check_divides(run.model.seq_len)
-        train_rows, val_rows = prepare_data(tc.corpus, tokenizer, run.model.seq_len)
+        if run.train.objective == "bd3":
+            run.train.block_dist.check_divides(run.model.seq_len)
+        rows = prepare_data(run.train.corpus, tokenizer, run.model.seq_len)
     except BaseException:
-        if created and rank == 0:
+        if created and proc.rank == 0:
             shutil.rmtree(out, ignore_errors=True)
         raise
-    if rank == 0:
-        out.mkdir(parents=True, exist_ok=True)
-        (out / RUN_CONFIG).write_text(json.dumps(run.to_dict(), indent=2))
+    if proc.rank == 0:
+        atomic_write(out / RUN_CONFIG, json.dumps(run.to_dict(), indent=2))
+    return run, source, tokenizer, *rows
 
+
+def _set_up(
+    run: RunConfig, out: Path, proc: _Process, resume: bool, init_from: str | Path | None
+) -> _Trainer:
+    """Everything the loop needs, from scratch, a checkpoint fine-tuned from or the training
+    state resumed from."""
+    state = ckpt.load_training_state(out) if _check_folder(run, out, resume) else None
+    run, source, tokenizer, train_rows, val_rows = _prepare(run, out, proc, init_from)
+    tc = run.train
     torch.manual_seed(tc.seed)
-    model = DiT(run.model).to(device)
+    model = DiT(run.model).to(proc.device)
     intervals = start_intervals(run)
     if source is not None:
         if source.model.config.vocab_size != run.model.vocab_size:
@@ -309,143 +352,210 @@ def train(
     ema = EMA(model, tc.ema) if tc.ema > 0 else None
     start = 0
     if state is not None:
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        sched.load_state_dict(state["scheduler"])
-        if ema is not None:
-            ema.load_state_dict(state["ema"])
-        start = int(state["step"])
-        if "intervals" in state:
-            intervals = ckpt.intervals_from_json(state["intervals"])
-        else:  # a state saved before intervals were per block size: one pair for all
-            intervals = dict.fromkeys(intervals, (float(state["eps_min"]), float(state["eps_max"])))
-        _truncate_metrics(out / METRICS, start)
-
-    net = model
-    if tc.compile:
-        net = torch.compile(net)
-    if world > 1:
+        start, intervals = _restore(state, model, opt, sched, ema, intervals)
+    if resume and proc.rank == 0:  # records after the state resumed from are redone
+        if state is None:
+            print(f"{out} has no checkpoint yet: starting over from step 0", file=sys.stderr)
+        _truncate_metrics(out / METRICS, start if state is not None else None)
+    net = torch.compile(model) if tc.compile else model
+    if proc.world > 1:
         net = torch.nn.parallel.DistributedDataParallel(
-            net, device_ids=[local_rank] if device.type == "cuda" else None
+            net, device_ids=[proc.local_rank] if proc.device.type == "cuda" else None
         )
-    use_bf16 = tc.bf16 and device.type == "cuda"
+    use_bf16 = tc.bf16 and proc.device.type == "cuda"
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if use_bf16 else nullcontext()
+    return _Trainer(run, out, proc, tokenizer, train_rows, val_rows, model, net, opt, sched, ema,
+                    intervals, start, autocast)  # fmt: skip
 
-    def log(record: dict[str, Any]) -> None:
-        if rank == 0:
-            with open(out / METRICS, "a") as f:
-                f.write(json.dumps(record) + "\n")
 
-    def run_eval(step: int) -> dict[str, Any]:
-        nonlocal intervals
-        if ema is not None:
-            ema.swap(model)
-        model.eval()
-        metrics = evaluate(model, run, val_rows, device, autocast)
-        model.train()
-        if ema is not None:
-            ema.swap(model)
-        if "intervals" in metrics:
-            intervals = ckpt.intervals_from_json(metrics["intervals"])
-        record = {"step": step, **metrics}
-        log(record)
-        return record
+def _restore(state, model, opt, sched, ema, intervals) -> tuple[int, noise.Intervals]:
+    """Load a training state into the model, optimizer, scheduler and EMA; its step and noise
+    intervals."""
+    model.load_state_dict(state["model"])
+    opt.load_state_dict(state["optimizer"])
+    sched.load_state_dict(state["scheduler"])
+    if ema is not None:
+        ema.load_state_dict(state["ema"])
+    if "intervals" in state:
+        intervals = ckpt.intervals_from_json(state["intervals"])
+    else:  # a state saved before intervals were per block size: one pair for all
+        intervals = dict.fromkeys(intervals, (float(state["eps_min"]), float(state["eps_max"])))
+    return int(state["step"]), intervals
 
-    def save(step: int) -> None:
-        if rank != 0:
-            return
-        # Cloned: the EMA swap below overwrites the parameters these would alias.
-        training_state = {
-            "step": step,
-            "model": {k: v.detach().clone() for k, v in model.state_dict().items()},
-            "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-            "ema": ({"num_updates": ema.num_updates, "shadow": [s.clone() for s in ema.shadow]}
-                    if ema else {}),
-            "intervals": ckpt.intervals_to_json(intervals),
-        }  # fmt: skip
-        if ema is not None:
-            ema.swap(model)
-        try:
-            ckpt.save_checkpoint(
-                out / "checkpoint", model, run, tokenizer, intervals, training_state
-            )
-        finally:
-            if ema is not None:
-                ema.swap(model)
 
-    last: dict[str, Any] = {}
-    if start == 0:
-        last = run_eval(0)
-    model.train()
-    bar = tqdm(
-        total=tc.max_steps,
-        initial=start,
-        disable=not progress or rank != 0,
-        desc="train",
-        dynamic_ncols=True,
-        mininterval=1.0,
-    )
-    t0, tokens = time.time(), 0
-    for step in range(start, tc.max_steps):
-        _seed_step(tc.seed, step, rank)
+# ----------------------------------------------------------------------------- the loop
+
+
+@dataclass
+class _Trainer:
+    """One process's share of a run: its data, model (``net``: compiled and/or DDP-wrapped),
+    optimizer, EMA and the current noise intervals, from step ``start`` on."""
+
+    run: RunConfig
+    out: Path
+    proc: _Process
+    tokenizer: Tokenizer
+    train_rows: TokenRows
+    val_rows: TokenRows
+    model: DiT
+    net: torch.nn.Module
+    opt: torch.optim.Optimizer
+    sched: torch.optim.lr_scheduler.LRScheduler
+    ema: EMA | None
+    intervals: noise.Intervals
+    start: int
+    autocast: Any
+
+    def fit(self, progress: bool) -> dict[str, Any]:
+        """Train to ``max_steps``: log every ``log_every`` steps, validate and save every
+        ``eval_every`` and at the end (validate first when starting at step 0); returns the
+        last record."""
+        tc = self.run.train
+        last = self.validate(0) if self.start == 0 else {}
+        self.model.train()
+        bar = tqdm(
+            total=tc.max_steps,
+            initial=self.start,
+            disable=not progress or self.proc.rank != 0,
+            desc="train",
+            dynamic_ncols=True,
+            mininterval=1.0,
+        )
+        t0, tokens = time.time(), 0
+        for step in range(self.start, tc.max_steps):
+            loss, grad_norm, step_tokens = self.step(step)
+            tokens += step_tokens
+            done = step + 1
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss:.3f}")
+            if done % tc.log_every == 0 or done == tc.max_steps:
+                last = {
+                    "step": done,
+                    "loss": loss,
+                    "lr": self.sched.get_last_lr()[0],
+                    "grad_norm": float(grad_norm),
+                    "tokens": tokens,
+                    "tokens_per_s": tokens / max(time.time() - t0, 1e-9),
+                }
+                self.log(last)
+            if (tc.eval_every and done % tc.eval_every == 0) or done == tc.max_steps:
+                last = self.validate(done)
+                if self.proc.rank == 0 and progress:
+                    bar.write(self.summary(last))
+                self.save(done)
+                self.proc.barrier()
+        bar.close()
+        return last
+
+    def step(self, step: int) -> tuple[float, torch.Tensor, int]:
+        """One optimizer step: its loss, the gradient norm before clipping, the tokens seen."""
+        tc, proc = self.run.train, self.proc
+        _seed_step(tc.seed, step, proc.rank)
         # A micro-step never waits for the device: the batch goes over pinned and asynchronous,
         # the block sizes stay on the CPU (the host plans the noise and the mask from them), and
         # the loss adds up on the device in float64 (the sum Python's floats gave), read once
         # per optimizer step.
-        loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+        loss_sum = torch.zeros((), dtype=torch.float64, device=proc.device)
+        tokens = 0
         for micro in range(tc.grad_accum):
+            at = step * tc.grad_accum + micro
             idx = batch_indices(
-                len(train_rows), tc.batch_size, step * tc.grad_accum + micro, tc.seed, rank, world
+                len(self.train_rows), tc.batch_size, at, tc.seed, proc.rank, proc.world
             )
-            x0 = to_device(train_rows.batch(idx), device)
+            x0 = to_device(self.train_rows.batch(idx), proc.device)
             sizes = sample_block_sizes(tc.block_dist, len(x0))
-            sync = world == 1 or micro == tc.grad_accum - 1
-            with nullcontext() if sync else net.no_sync(), autocast:
-                res = compute_loss(net, run, x0, sizes, intervals)
+            sync = proc.world == 1 or micro == tc.grad_accum - 1
+            with nullcontext() if sync else self.net.no_sync(), self.autocast:
+                res = compute_loss(self.net, self.run, x0, sizes, self.intervals)
             (res.loss / tc.grad_accum).backward()
             loss_sum += res.loss.detach().double() / tc.grad_accum
-            tokens += x0.numel() * world
+            tokens += x0.numel() * proc.world
         total = loss_sum.item()
         if not math.isfinite(total):
             raise DindError(f"loss became {total} at step {step + 1}; lower --lr")
         grad_norm = (
-            torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), tc.grad_clip)
             if tc.grad_clip > 0
             else torch.tensor(0.0)
         )
-        opt.step()
-        sched.step()
-        opt.zero_grad(set_to_none=True)
+        self.opt.step()
+        self.sched.step()
+        self.opt.zero_grad(set_to_none=True)
+        if self.ema is not None:
+            self.ema.update(self.model)
+        return total, grad_norm, tokens
+
+    def validate(self, step: int) -> dict[str, Any]:
+        """``evaluate`` the EMA weights; the search's intervals train the next steps."""
+        if self.ema is not None:
+            self.ema.swap(self.model)
+        self.model.eval()
+        metrics = evaluate(self.model, self.run, self.val_rows, self.proc.device, self.autocast)
+        self.model.train()
+        if self.ema is not None:
+            self.ema.swap(self.model)
+        if "intervals" in metrics:
+            self.intervals = ckpt.intervals_from_json(metrics["intervals"])
+        record = {"step": step, **metrics}
+        self.log(record)
+        return record
+
+    def save(self, step: int) -> None:
+        """Rank 0 writes the checkpoint: the EMA weights, and the raw ones and the optimizer
+        in ``training_state.pt``."""
+        if self.proc.rank != 0:
+            return
+        model, ema = self.model, self.ema
+        # Cloned: the EMA swap below overwrites the parameters these would alias.
+        training_state = {
+            "step": step,
+            "model": {k: v.detach().clone() for k, v in model.state_dict().items()},
+            "optimizer": self.opt.state_dict(), "scheduler": self.sched.state_dict(),
+            "ema": ({"num_updates": ema.num_updates, "shadow": [s.clone() for s in ema.shadow]}
+                    if ema else {}),
+            "intervals": ckpt.intervals_to_json(self.intervals),
+        }  # fmt: skip
         if ema is not None:
-            ema.update(model)
-        done = step + 1
-        bar.update(1)
-        bar.set_postfix(loss=f"{total:.3f}")
-        if done % tc.log_every == 0 or done == tc.max_steps:
-            last = {
-                "step": done,
-                "loss": total,
-                "lr": sched.get_last_lr()[0],
-                "grad_norm": float(grad_norm),
-                "tokens": tokens,
-                "tokens_per_s": tokens / max(time.time() - t0, 1e-9),
-            }
-            log(last)
-        if (tc.eval_every and done % tc.eval_every == 0) or done == tc.max_steps:
-            last = run_eval(done)
-            if rank == 0 and progress:
-                bar.write(
-                    f"step {done}: val NELBO {last['val_nelbo']:.4f} (ppl <= {last['val_ppl']:.2f})"
-                    + (f"; noise intervals {format_intervals(intervals)}"
-                       if tc.objective == "bd3" else "")
-                )  # fmt: skip
-            save(done)
-            if world > 1:
-                dist.barrier()
-    bar.close()
-    if world > 1:
-        last = {**last, "replica_max_abs_diff": _replica_divergence(model)}
-        log({"step": tc.max_steps, "replica_max_abs_diff": last["replica_max_abs_diff"]})
+            ema.swap(model)
+        try:
+            ckpt.save_checkpoint(self.out / "checkpoint", model, self.run, self.tokenizer,
+                                 self.intervals, training_state)  # fmt: skip
+        finally:
+            if ema is not None:
+                ema.swap(model)
+
+    def summary(self, record: dict[str, Any]) -> str:
+        """A validation record as the progress bar prints it."""
+        line = f"step {record['step']}: val NELBO {record['val_nelbo']:.4f} (ppl <= "
+        line += f"{record['val_ppl']:.2f})"
+        if self.run.train.objective == "bd3":
+            line += f"; noise intervals {format_intervals(self.intervals)}"
+        return line
+
+    def log(self, record: dict[str, Any]) -> None:
+        if self.proc.rank == 0:
+            _append_record(self.out / METRICS, record)
+
+
+# ----------------------------------------------------------------------------- the run
+
+
+def train(
+    run: RunConfig,
+    out_dir: str | Path,
+    resume: bool = False,
+    init_from: str | Path | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Train ``run`` into ``out_dir`` (on every rank under torchrun); returns the last metrics
+    record. ``run`` is not changed: the run folder's ``run.json`` holds it as trained."""
+    proc = _Process.join()
+    trainer = _set_up(run, Path(out_dir), proc, resume, init_from)
+    last = trainer.fit(progress)
+    if proc.world > 1:
+        diff = _replica_divergence(trainer.model)
+        last = {**last, "replica_max_abs_diff": diff}
+        trainer.log({"step": trainer.run.train.max_steps, "replica_max_abs_diff": diff})
         dist.destroy_process_group()
     return last
 
@@ -461,20 +571,57 @@ def _replica_divergence(model: torch.nn.Module) -> float:
     return float(diff)
 
 
-def _truncate_metrics(path: Path, step: int) -> None:
-    """Drop records logged after the checkpoint we resume from (they will be redone)."""
+# ----------------------------------------------------------------------------- metrics.jsonl
+
+
+def _strict(value: Any) -> Any:
+    """``value`` with every non-finite float as None: strict JSON has no NaN or Infinity."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _strict(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_strict(v) for v in value]
+    return value
+
+
+def _append_record(path: Path, record: dict[str, Any]) -> None:
+    """One line of strict JSON at the end of ``path`` (a kill mid-write leaves a partial last
+    line, which ``_read_records`` sets aside)."""
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(json.dumps(_strict(record), allow_nan=False) + "\n")
+
+
+def _read_records(path: Path) -> tuple[list[tuple[str, dict[str, Any]]], str]:
+    """Each complete line of ``path`` with its record, and the unterminated last line ("" if
+    none): what a kill during a write leaves. Any other line that is not a record is an error."""
+    *lines, partial = path.read_text(encoding="utf-8").split("\n")
+    out = []
+    for n, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            record = None
+        if not isinstance(record, dict) or not isinstance(record.get("step"), int):
+            raise DindError(f"{path} line {n} is not a metrics record; repair or delete it")
+        out.append((line, record))
+    return out, partial
+
+
+def _truncate_metrics(path: Path, step: int | None) -> None:
+    """Keep the records up to ``step`` (None: none), rewritten atomically: those after the
+    checkpoint resumed from are redone. A partial last line is dropped, and said so."""
     if not path.exists():
         return
-    keep = [
-        line
-        for line in path.read_text().splitlines()
-        if line.strip() and json.loads(line)["step"] <= step
-    ]
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text("".join(line + "\n" for line in keep))
-    os.replace(tmp, path)
+    lines, partial = _read_records(path)
+    if partial:
+        print(f"{path}: dropped a partial last line (a write cut short)", file=sys.stderr)
+    keep = [line for line, record in lines if step is not None and record["step"] <= step]
+    atomic_write(path, "".join(line + "\n" for line in keep))
 
 
 def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
-    path = Path(run_dir) / METRICS
-    return [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
+    """The records of a run folder's ``metrics.jsonl`` (a partial last line left out)."""
+    return [record for _, record in _read_records(Path(run_dir) / METRICS)[0]]
