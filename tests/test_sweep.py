@@ -89,8 +89,23 @@ def test_gamma_sweep_end_to_end(trained_run):
     assert html.count("data:image/png;base64,") == 1 and html.count('class="remasked"') >= 16
 
 
+def _check_paired_with(res, reference: str) -> None:
+    """Each summary row's comparison with ``reference`` recomputed from the per-seed rows: the
+    differences seed by seed, their mean, the count of seeds that beat it."""
+    assert reference == res.summary[0]["setting"] and "delta_vs_stage1" not in res.summary[0]
+    ref = {r["seed"]: r["gen_ppl"] for r in res.rows if r["setting"] == reference}
+    assert sorted(ref) == [3, 4]
+    for s in res.summary[1:]:
+        group = [r for r in res.rows if r["setting"] == s["setting"]]
+        assert sorted(r["seed"] for r in group) == [3, 4]
+        assert s["gen_ppl_mean"] == pytest.approx(statistics.fmean(r["gen_ppl"] for r in group))
+        diffs = [r["gen_ppl"] - ref[r["seed"]] for r in group]
+        assert s["delta_vs_stage1"] == pytest.approx(statistics.fmean(diffs))
+        assert s["better_than_stage1_seeds"] == f"{sum(d < 0 for d in diffs)}/2"
+
+
 def test_policy_and_nfe_sweeps(trained_run):
-    opts = SweepOptions(seeds=(3,), num_samples=2, batch_size=2, progress=False)
+    opts = SweepOptions(seeds=(3, 4), num_samples=2, batch_size=2, progress=False)
     run = str(trained_run / "run")
 
     def build_policy(L):
@@ -98,9 +113,7 @@ def test_policy_and_nfe_sweeps(trained_run):
 
     res = sweep.run_sampling_sweep("policy", run, trained_run / "policy", opts, build_policy)
     assert [s["series"] for s in res.summary] == ["stage 1", "snapshot", "random"]
-    assert res.summary[1]["delta_vs_stage1"] == pytest.approx(
-        res.summary[1]["gen_ppl_mean"] - res.summary[0]["gen_ppl_mean"]
-    )
+    _check_paired_with(res, "stage 1 (block 4)")
     assert _png_size(res.files["png"])[0] > 100
 
     def build_nfe(L):
@@ -113,10 +126,8 @@ def test_policy_and_nfe_sweeps(trained_run):
     assert nfe["two stages, block 32, gamma 0.25"] == 31 + 8
     assert nfe["two stages, block 32, gamma 1"] == 31 + 31  # BOS is never remasked
     assert _png_size(res.files["png"])[0] > 100
-    first_hitting = res.summary[0]["gen_ppl_mean"]
-    for s in res.summary[1:]:  # compared with one-stage first-hitting, seed by seed
-        assert s["delta_vs_stage1"] == pytest.approx(s["gen_ppl_mean"] - first_hitting)
-    assert _png_size(res.files["png"])[0] > 100
+    # compared with one-stage first-hitting, seed by seed
+    _check_paired_with(res, "stage 1, first-hitting (block 4)")
 
 
 def test_a_second_judge_scores_the_saved_samples(trained_run, tmp_path, monkeypatch):
