@@ -236,10 +236,9 @@ def test_two_process_torchrun_keeps_replicas_identical(tmp_path):
         sys.executable,
         "-m",
         "torch.distributed.run",
+        "--standalone",  # rendezvous on a free local port: no fixed port to collide on
         "--nproc_per_node",
         "2",
-        "--master_port",
-        "29517",
         "-m",
         "dind.cli",
         "train",
