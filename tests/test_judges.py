@@ -313,7 +313,11 @@ def test_dind_diffusion_checkpoint_is_refused(tmp_path):
 
 @pytest.mark.parametrize("spec", ["no-such-judge-xyz", "", "not a judge!"])
 def test_unknown_spec_fails_cleanly(monkeypatch, spec):
+    import huggingface_hub.constants
+
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    # the hub reads the variable once, when first imported (maybe by an earlier test)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
     reached = []
 
     def no_network(*args, **kwargs):
