@@ -116,6 +116,7 @@ def test_hf_judge_short_text_matches_direct_forward(tiny_gpt2):
     assert s.nll_sum == pytest.approx(direct, rel=1e-5)
 
 
+@pytest.mark.slow
 def test_hf_judge_long_text_uses_strided_windows(tiny_gpt2):
     folder, model, tok = tiny_gpt2
     judge = load_judge(str(folder))
@@ -214,6 +215,7 @@ def markov_gpt2(V: int, bos: int, length: int, steps: int):
     return model.eval(), chains
 
 
+@pytest.mark.slow
 def test_windows_of_a_trained_causal_judge_match_one_window():
     V, bos, length = 24, 23, 64
     model, chains = markov_gpt2(V, bos, length, steps=100)
@@ -234,6 +236,7 @@ def test_windows_of_a_trained_causal_judge_match_one_window():
 # ----------------------------------------------------------------------------- truncation
 
 
+@pytest.mark.slow
 def test_max_tokens_scores_the_first_n_ids_bos_included(tiny_gpt2):
     folder, model, tok = tiny_gpt2
     judge = load_judge(str(folder), max_tokens=40)

@@ -51,6 +51,7 @@ def _ks_uniform(values: torch.Tensor, lo: float, hi: float) -> float:
     return float(torch.maximum(i / n - x, x - (i - 1) / n).max())
 
 
+@pytest.mark.slow
 def test_whole_sequence_rows_draw_t_uniformly_on_their_interval():
     """The paper's mix at batch 16: the t of the B = L rows is uniform on their own interval,
     whatever the small-block rows beside them (KS test, 0.1% level), and the B = 4 rows stay in

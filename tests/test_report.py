@@ -270,6 +270,7 @@ def chromium() -> str | None:
     )
 
 
+@pytest.mark.slow
 @pytest.mark.browser
 def test_renders_in_chromium(tok, tmp_path):
     exe = chromium()

@@ -50,6 +50,7 @@ def _png_size(path) -> tuple[int, int]:
     return width, height
 
 
+@pytest.mark.slow
 def test_gamma_sweep_end_to_end(trained_run):
     out = trained_run / "gamma"
     res = _cli("sweep", "gamma", "--checkpoint", str(trained_run / "run"), "--out", str(out),
@@ -104,6 +105,7 @@ def _check_paired_with(res, reference: str) -> None:
         assert s["better_than_stage1_seeds"] == f"{sum(d < 0 for d in diffs)}/2"
 
 
+@pytest.mark.slow
 def test_policy_and_nfe_sweeps(trained_run):
     opts = SweepOptions(seeds=(3, 4), num_samples=2, batch_size=2, progress=False)
     run = str(trained_run / "run")
@@ -130,6 +132,7 @@ def test_policy_and_nfe_sweeps(trained_run):
     _check_paired_with(res, "stage 1, first-hitting (block 4)")
 
 
+@pytest.mark.slow
 def test_a_second_judge_scores_the_saved_samples(trained_run, tmp_path, monkeypatch):
     """--samples-from judges the files an earlier sweep saved: the same rows as drawing them
     again (same judge), nothing drawn, and a file of another setting is refused."""
@@ -170,6 +173,7 @@ def test_a_second_judge_scores_the_saved_samples(trained_run, tmp_path, monkeypa
         sweep.run_sampling_sweep("policy", run, tmp_path / "bad", again, build)
 
 
+@pytest.mark.slow
 def test_topp_control_sweep(trained_run):
     opts = SweepOptions(seeds=(0,), num_samples=2, batch_size=2, progress=False)
 
@@ -213,6 +217,7 @@ def test_topp_control_sweep(trained_run):
                              f"{math.expm1(gap):+.0%} ({s['matched_gap_seeds']})")  # fmt: skip
 
 
+@pytest.mark.slow
 def test_sampling_sweep_past_the_context(trained_run):
     """--length above the model's context: L and L/k stay relative to the sampled length."""
     opts = SweepOptions(seeds=(0,), num_samples=1, batch_size=1, progress=False,
@@ -230,6 +235,7 @@ def test_sampling_sweep_past_the_context(trained_run):
     assert [len(t) for t in refined["stage_tokens"]] == [64, 64] and refined["nfe"] == [63, 32]
 
 
+@pytest.mark.slow
 def test_mix_sweep_end_to_end(trained_run):
     out = trained_run / "mix"
     corpus = trained_run / "corpus"
@@ -249,6 +255,7 @@ def test_mix_sweep_end_to_end(trained_run):
     assert res.summary[0]["setting"].startswith("fixed 4 / stage 1")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("args", "msg"),
     [
@@ -368,6 +375,7 @@ class CountJudge:
         return JudgeScore(float(len(words)), len(words), [hash(w) % 1000 for w in words])
 
 
+@pytest.mark.slow
 @pytest.mark.usefixtures("one_thread")
 def test_sweep_retry_low_entropy_redraws_the_shared_drafts(tmp_path):
     from types import SimpleNamespace

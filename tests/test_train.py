@@ -18,6 +18,7 @@ from helpers import tiny_run, write_corpus
 pytestmark = pytest.mark.usefixtures("isolated_cache")
 
 
+@pytest.mark.slow
 def test_tiny_model_drives_loss_down_on_a_small_batch(tiny_cfg):
     model = DiT(tiny_cfg)
     x0 = torch.randint(0, 32, (8, 16))
@@ -40,6 +41,7 @@ def test_tiny_model_drives_loss_down_on_a_small_batch(tiny_cfg):
     assert after < 0.5 * before, (before, after)
 
 
+@pytest.mark.slow
 def test_resume_gives_the_same_curve(tmp_path):
     corpus = write_corpus(tmp_path / "corpus")
     full = train(tiny_run(corpus, max_steps=12), tmp_path / "full", progress=False)
@@ -190,6 +192,7 @@ def _cli(*args, env=None) -> subprocess.CompletedProcess:
     )
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "args,msg",
     [
@@ -221,6 +224,7 @@ def test_cli_bad_input_is_one_line(tmp_path, args, msg):
     assert not (tmp_path / "r").exists()  # no half-made run folder either
 
 
+@pytest.mark.slow
 def test_cli_corrupt_checkpoint_for_init_from(tmp_path):
     bad = tmp_path / "bad"
     bad.mkdir()
@@ -229,6 +233,7 @@ def test_cli_corrupt_checkpoint_for_init_from(tmp_path):
     assert res.returncode == 2 and res.stderr.startswith("error:") and "config.json" in res.stderr
 
 
+@pytest.mark.slow
 def test_two_process_torchrun_keeps_replicas_identical(tmp_path):
     corpus = write_corpus(tmp_path / "corpus")
     out = tmp_path / "ddp"
