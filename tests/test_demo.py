@@ -6,6 +6,10 @@ import os
 import subprocess
 import sys
 
+import pytest
+
+pytestmark = pytest.mark.slow  # trains, samples, judges and reports: the whole demo
+
 
 def _demo(out):
     return subprocess.run(

@@ -96,6 +96,7 @@ def _cli(*args, cache):
                           text=True, env=env, timeout=300)  # fmt: skip
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "judge,msg", [("no-such-judge-xyz", "judge"), ("oracle:/no/such/dir", "synthetic")]
 )
@@ -116,6 +117,7 @@ def test_cli_unknown_or_missing_judge(tmp_path, judge, msg):
     assert not (tmp_path / "m.json").exists()
 
 
+@pytest.mark.slow
 def test_cli_bad_samples_file_fails_before_loading_a_judge(tmp_path):
     f = tmp_path / "s.jsonl"
     f.write_text("this is not json\n")
@@ -196,6 +198,7 @@ def rule_by_hand(tokens: list[int], block_size: int) -> bool:
     return False
 
 
+@pytest.mark.slow
 def test_bd3lm_rule_against_brute_force():
     rng = random.Random(0)
     outcomes = []
@@ -251,6 +254,7 @@ def test_eval_reports_the_bd3lm_rule_on_model_tokens(tmp_path):
     assert "redraws" not in format_table(bare)
 
 
+@pytest.mark.slow
 def test_cli_bad_judge_max_tokens(tmp_path):
     f = write(tmp_path / "s.jsonl", [{"text": "hello there"}])
     res = _cli("eval", str(f), "--judge-max-tokens", "1", cache=tmp_path / "cache")

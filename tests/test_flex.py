@@ -86,6 +86,7 @@ def test_mixed_block_mask_from_the_cache_is_create_block_mask_s(L, sizes, device
     assert attention.flex_causal_mask(L, device) is attention.flex_causal_mask(L, device)
 
 
+@pytest.mark.slow
 def test_compiled_model_traces_flex_attention_without_a_compile_call(monkeypatch):
     """``--compile``: tracing the model must not reach the eagerly compiled FlexAttention (a
     ``torch.compile`` call inside traced code breaks the graph). With the factory made to

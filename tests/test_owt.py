@@ -176,6 +176,7 @@ def test_hub_source_failure_is_a_dind_error(monkeypatch):
     assert calls == [(("openwebtext",), {"split": "train"})]
 
 
+@pytest.mark.slow
 def test_training_reads_a_tokenized_folder(tmp_path):
     """`dind data openwebtext` output feeds `dind train --corpus DIR --tokenizer gpt2`."""
     import os

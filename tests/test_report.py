@@ -65,7 +65,7 @@ def make_record(tok, text, remasked, replace, index=0, stages=(4, 128)):
         "text": tok.decode(revised[1:]),
         "stages": list(stages),
         "remask_ratios": [0.25],
-        "remask_policy": "low_confidence",
+        "remask_policy": "snapshot",
         "stage_tokens": [draft, revised],
         "snapshot_confidence": [conf, [1.0] * len(draft)],
         "remasked": [[], list(remasked)],
@@ -232,6 +232,21 @@ def test_missing_plot_writes_nothing(tok, tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_unknown_policy_is_refused_and_nothing_written(tok, tmp_path):
+    good = make_record(tok, SENTENCES[0], remasked=[1], replace=[1])
+    bad = {**make_record(tok, SENTENCES[1], [1], [1], index=7), "remask_policy": "low_conf"}
+    path = tmp_path / "r.html"
+    # every sample is checked, not only the ones shown
+    with pytest.raises(DindError, match=r"^sample 7: unknown remask_policy 'low_conf' \(valid: "
+                       r"snapshot, posthoc, random\)$"):  # fmt: skip
+        write_report(path, title="t", samples=[good, bad], tokenizer=tok, max_samples=1)
+    assert list(tmp_path.iterdir()) == []
+    for policy in ("snapshot", "posthoc", "random"):  # every real one is accepted and shown
+        good["remask_policy"] = policy
+        text = write_report(path, title="t", samples=[good], tokenizer=tok).read_text()
+        assert f"remask 0.25 ({policy})" in text
+
+
 def test_write_is_atomic(tok, tmp_path, monkeypatch):
     path = tmp_path / "r.html"
     write_report(path, title="first", samples=[], tokenizer=tok)
@@ -255,6 +270,7 @@ def chromium() -> str | None:
     )
 
 
+@pytest.mark.slow
 @pytest.mark.browser
 def test_renders_in_chromium(tok, tmp_path):
     exe = chromium()

@@ -238,6 +238,7 @@ def _cli(*args, cache) -> subprocess.CompletedProcess:
                           text=True, env=env, timeout=300)  # fmt: skip
 
 
+@pytest.mark.slow
 def test_trained_model_samples_end_to_end(trained_run):
     out = trained_run / "samples.jsonl"
     res = _cli("sample", "--checkpoint", str(trained_run / "run"), "--out", str(out),
@@ -259,6 +260,7 @@ def test_trained_model_samples_end_to_end(trained_run):
     assert "stage 2" in res.stdout
 
 
+@pytest.mark.slow
 def test_cli_retry_low_entropy(trained_run):
     out = trained_run / "retry.jsonl"
     res = _cli("sample", "--checkpoint", str(trained_run / "run"), "--out", str(out),
@@ -269,6 +271,7 @@ def test_cli_retry_low_entropy(trained_run):
     assert "0 low-entropy redraws (the rule checks only sequences longer than 256)" in res.stdout
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "args,msg",
     [
@@ -308,6 +311,7 @@ def test_cli_bad_sampling_input(trained_run, args, msg):
     assert not out.exists() and not list(trained_run.glob(".bad.jsonl*"))
 
 
+@pytest.mark.slow
 def test_cli_samples_past_the_context(trained_run):
     """A 32-token model drafts and refines 128 tokens (a sliding window, then windows)."""
     out = trained_run / "long.jsonl"
@@ -321,6 +325,7 @@ def test_cli_samples_past_the_context(trained_run):
         assert 300 not in r["stage_tokens"][1] and r["nfe"] == [127, 32]  # 300: the mask
 
 
+@pytest.mark.slow
 def test_cli_checkpoint_without_tokenizer(trained_run, tmp_path):
     import shutil
 
@@ -395,6 +400,7 @@ def bd3lm_rule_by_hand(tokens: list[int], block_size: int) -> bool:
     return False
 
 
+@pytest.mark.slow
 @pytest.mark.usefixtures("one_thread")
 def test_retry_low_entropy_redraws_continue_each_samples_generator():
     model = SW(264)
@@ -428,6 +434,7 @@ def test_retry_low_entropy_redraws_continue_each_samples_generator():
         assert [(s.tokens, s.redraws) for s in again] == [(s.tokens, s.redraws) for s in drawn]
 
 
+@pytest.mark.slow
 @pytest.mark.usefixtures("one_thread")
 def test_retry_low_entropy_changes_nothing_where_the_rule_never_fails():
     for model, length in ((SW(264, "never_bad"), 264), (SW(256, "always_bad"), 256)):
@@ -438,6 +445,7 @@ def test_retry_low_entropy_changes_nothing_where_the_rule_never_fails():
         assert [s.redraws for s in on] == [0, 0, 0]
 
 
+@pytest.mark.slow
 @pytest.mark.usefixtures("one_thread")
 def test_retry_low_entropy_gives_up_after_ten_draws():
     model = SW(264, "always_bad")
@@ -449,6 +457,7 @@ def test_retry_low_entropy_gives_up_after_ten_draws():
     assert model.calls == 10 * (263 + 264 // 4 - 1)
 
 
+@pytest.mark.slow
 @pytest.mark.usefixtures("one_thread")
 def test_retry_low_entropy_checks_stage_1_and_carries_through_drafts():
     model = SW(264)
@@ -660,6 +669,7 @@ def test_a_window_inside_one_block_attends_without_a_mask(tiny_cfg):
         assert torch.equal(masked, bare)
 
 
+@pytest.mark.slow
 def test_cli_dtype(trained_run):
     """``--dtype``: auto is fp32 on the CPU (the same file as --dtype fp32, timings aside); a
     bad value, or one that needs CUDA on a CPU machine, is a one-line error."""
@@ -684,6 +694,7 @@ def test_cli_dtype(trained_run):
         assert res.returncode == 2 and msg in res.stderr and "Traceback" not in res.stderr
 
 
+@pytest.mark.slow
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", ["auto", "bf16", "tf32", "fp32"])
 def test_cli_ancestral_sampler_on_cuda(trained_run, dtype):

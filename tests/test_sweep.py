@@ -50,6 +50,7 @@ def _png_size(path) -> tuple[int, int]:
     return width, height
 
 
+@pytest.mark.slow
 def test_gamma_sweep_end_to_end(trained_run):
     out = trained_run / "gamma"
     res = _cli("sweep", "gamma", "--checkpoint", str(trained_run / "run"), "--out", str(out),
@@ -89,8 +90,24 @@ def test_gamma_sweep_end_to_end(trained_run):
     assert html.count("data:image/png;base64,") == 1 and html.count('class="remasked"') >= 16
 
 
+def _check_paired_with(res, reference: str) -> None:
+    """Each summary row's comparison with ``reference`` recomputed from the per-seed rows: the
+    differences seed by seed, their mean, the count of seeds that beat it."""
+    assert reference == res.summary[0]["setting"] and "delta_vs_stage1" not in res.summary[0]
+    ref = {r["seed"]: r["gen_ppl"] for r in res.rows if r["setting"] == reference}
+    assert sorted(ref) == [3, 4]
+    for s in res.summary[1:]:
+        group = [r for r in res.rows if r["setting"] == s["setting"]]
+        assert sorted(r["seed"] for r in group) == [3, 4]
+        assert s["gen_ppl_mean"] == pytest.approx(statistics.fmean(r["gen_ppl"] for r in group))
+        diffs = [r["gen_ppl"] - ref[r["seed"]] for r in group]
+        assert s["delta_vs_stage1"] == pytest.approx(statistics.fmean(diffs))
+        assert s["better_than_stage1_seeds"] == f"{sum(d < 0 for d in diffs)}/2"
+
+
+@pytest.mark.slow
 def test_policy_and_nfe_sweeps(trained_run):
-    opts = SweepOptions(seeds=(3,), num_samples=2, batch_size=2, progress=False)
+    opts = SweepOptions(seeds=(3, 4), num_samples=2, batch_size=2, progress=False)
     run = str(trained_run / "run")
 
     def build_policy(L):
@@ -98,9 +115,7 @@ def test_policy_and_nfe_sweeps(trained_run):
 
     res = sweep.run_sampling_sweep("policy", run, trained_run / "policy", opts, build_policy)
     assert [s["series"] for s in res.summary] == ["stage 1", "snapshot", "random"]
-    assert res.summary[1]["delta_vs_stage1"] == pytest.approx(
-        res.summary[1]["gen_ppl_mean"] - res.summary[0]["gen_ppl_mean"]
-    )
+    _check_paired_with(res, "stage 1 (block 4)")
     assert _png_size(res.files["png"])[0] > 100
 
     def build_nfe(L):
@@ -113,12 +128,11 @@ def test_policy_and_nfe_sweeps(trained_run):
     assert nfe["two stages, block 32, gamma 0.25"] == 31 + 8
     assert nfe["two stages, block 32, gamma 1"] == 31 + 31  # BOS is never remasked
     assert _png_size(res.files["png"])[0] > 100
-    first_hitting = res.summary[0]["gen_ppl_mean"]
-    for s in res.summary[1:]:  # compared with one-stage first-hitting, seed by seed
-        assert s["delta_vs_stage1"] == pytest.approx(s["gen_ppl_mean"] - first_hitting)
-    assert _png_size(res.files["png"])[0] > 100
+    # compared with one-stage first-hitting, seed by seed
+    _check_paired_with(res, "stage 1, first-hitting (block 4)")
 
 
+@pytest.mark.slow
 def test_a_second_judge_scores_the_saved_samples(trained_run, tmp_path, monkeypatch):
     """--samples-from judges the files an earlier sweep saved: the same rows as drawing them
     again (same judge), nothing drawn, and a file of another setting is refused."""
@@ -159,6 +173,7 @@ def test_a_second_judge_scores_the_saved_samples(trained_run, tmp_path, monkeypa
         sweep.run_sampling_sweep("policy", run, tmp_path / "bad", again, build)
 
 
+@pytest.mark.slow
 def test_topp_control_sweep(trained_run):
     opts = SweepOptions(seeds=(0,), num_samples=2, batch_size=2, progress=False)
 
@@ -202,6 +217,7 @@ def test_topp_control_sweep(trained_run):
                              f"{math.expm1(gap):+.0%} ({s['matched_gap_seeds']})")  # fmt: skip
 
 
+@pytest.mark.slow
 def test_sampling_sweep_past_the_context(trained_run):
     """--length above the model's context: L and L/k stay relative to the sampled length."""
     opts = SweepOptions(seeds=(0,), num_samples=1, batch_size=1, progress=False,
@@ -219,6 +235,7 @@ def test_sampling_sweep_past_the_context(trained_run):
     assert [len(t) for t in refined["stage_tokens"]] == [64, 64] and refined["nfe"] == [63, 32]
 
 
+@pytest.mark.slow
 def test_mix_sweep_end_to_end(trained_run):
     out = trained_run / "mix"
     corpus = trained_run / "corpus"
@@ -238,6 +255,7 @@ def test_mix_sweep_end_to_end(trained_run):
     assert res.summary[0]["setting"].startswith("fixed 4 / stage 1")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("args", "msg"),
     [
@@ -357,6 +375,7 @@ class CountJudge:
         return JudgeScore(float(len(words)), len(words), [hash(w) % 1000 for w in words])
 
 
+@pytest.mark.slow
 @pytest.mark.usefixtures("one_thread")
 def test_sweep_retry_low_entropy_redraws_the_shared_drafts(tmp_path):
     from types import SimpleNamespace

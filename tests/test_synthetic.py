@@ -59,6 +59,7 @@ def test_log_likelihood_is_stable_on_long_documents(g):
         g.log_likelihood([0, g.n_words])
 
 
+@pytest.mark.slow
 def test_sampler_follows_the_likelihood(tiny):
     # Length-2 sequence frequencies must match exp(log_likelihood) within 4 binomial SEs.
     rng = np.random.default_rng(1)

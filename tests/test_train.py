@@ -19,6 +19,7 @@ from helpers import tiny_run, write_corpus
 pytestmark = pytest.mark.usefixtures("isolated_cache")
 
 
+@pytest.mark.slow
 def test_tiny_model_drives_loss_down_on_a_small_batch(tiny_cfg):
     model = DiT(tiny_cfg)
     x0 = torch.randint(0, 32, (8, 16))
@@ -41,6 +42,7 @@ def test_tiny_model_drives_loss_down_on_a_small_batch(tiny_cfg):
     assert after < 0.5 * before, (before, after)
 
 
+@pytest.mark.slow
 def test_resume_gives_the_same_curve(tmp_path):
     corpus = write_corpus(tmp_path / "corpus")
     full = train(tiny_run(corpus, max_steps=12), tmp_path / "full", progress=False)
@@ -191,6 +193,7 @@ def _cli(*args, env=None) -> subprocess.CompletedProcess:
     )
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "args,msg",
     [
@@ -222,6 +225,7 @@ def test_cli_bad_input_is_one_line(tmp_path, args, msg):
     assert not (tmp_path / "r").exists()  # no half-made run folder either
 
 
+@pytest.mark.slow
 def test_cli_corrupt_checkpoint_for_init_from(tmp_path):
     bad = tmp_path / "bad"
     bad.mkdir()
@@ -230,6 +234,7 @@ def test_cli_corrupt_checkpoint_for_init_from(tmp_path):
     assert res.returncode == 2 and res.stderr.startswith("error:") and "config.json" in res.stderr
 
 
+@pytest.mark.slow
 def test_two_process_torchrun_keeps_replicas_identical(tmp_path):
     corpus = write_corpus(tmp_path / "corpus")
     out = tmp_path / "ddp"
@@ -237,10 +242,9 @@ def test_two_process_torchrun_keeps_replicas_identical(tmp_path):
         sys.executable,
         "-m",
         "torch.distributed.run",
+        "--standalone",  # rendezvous on a free local port: no fixed port to collide on
         "--nproc_per_node",
         "2",
-        "--master_port",
-        "29517",
         "-m",
         "dind.cli",
         "train",

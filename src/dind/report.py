@@ -193,7 +193,14 @@ def write_report(
 ) -> Path:
     """Write the report to ``path`` (atomically) and return it. ``samples`` are the records
     of :func:`dind.samples.write_samples`; the first ``max_samples`` are shown. Raises
-    :class:`DindError` if a plot file is missing (nothing is written then)."""
+    :class:`DindError` if a plot file is missing or a sample names a remasking policy that
+    does not exist (nothing is written then)."""
+    from dind.remask import POLICIES
+
+    for r in samples:
+        if "remask_policy" in r and r["remask_policy"] not in POLICIES:
+            raise DindError(f"sample {r.get('index', '?')}: unknown remask_policy "
+                            f"{r['remask_policy']!r} (valid: {', '.join(POLICIES)})")  # fmt: skip
     path = Path(path)
     body = [f"<h1>{_esc(title)}</h1>"]
     if intro:
