@@ -61,7 +61,8 @@ def run_demo(
     print(f"dind demo: tiny preset ({run.model.n_blocks} x {run.model.hidden_dim}, L = {L}), "
           f"block sizes {list(run.train.block_dist.block_sizes)} with probabilities "
           f"{list(run.train.block_dist.probs)}, run folder {out}")  # fmt: skip
-    train(run, out, resume=(out / "checkpoint").exists())
+    # a run killed before its first checkpoint starts over; a finished one is reused
+    train(run, out, resume=(out / "run.json").exists())
     evals = [m for m in read_metrics(out) if "val_nelbo" in m]
     first, last = evals[0], evals[-1]
     print(f"\n{'step':>6} {'held-out NELBO (nats/token)':>28} {'ppl bound':>10}")

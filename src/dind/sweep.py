@@ -240,7 +240,7 @@ def run_mix_sweep(
         folder = runs_dir / "pretrain_full_length"
         full = BlockSizeDistribution((L,), (1.0,))
         print(f"pretraining at the full length (block {L}) for {pretrain_steps} steps")
-        train(run_for(full, pretrain_steps), folder, resume=(folder / "checkpoint").exists(),
+        train(run_for(full, pretrain_steps), folder, resume=(folder / "run.json").exists(),
               progress=opts.progress)  # fmt: skip
         start = str(folder)
     rows = []
@@ -248,9 +248,10 @@ def run_mix_sweep(
         folder = runs_dir / slug(mix.name)
         print(f"training mix {mix.name}: sizes {list(mix.dist.block_sizes)}, "
               f"probabilities {[round(p, 3) for p in mix.dist.probs]}, {steps} steps")  # fmt: skip
+        # a finished or killed run resumes (one killed before its first checkpoint starts over)
         done = (folder / "checkpoint").exists()
-        train(run_for(mix.dist, steps), folder, resume=done, init_from=None if done else start,
-              progress=opts.progress)  # fmt: skip
+        train(run_for(mix.dist, steps), folder, resume=(folder / "run.json").exists(),
+              init_from=None if done else start, progress=opts.progress)  # fmt: skip
         nelbo = {key: heldout_nelbo(folder, b, max_batches=nelbo_batches)["nelbo"]
                  for key, b in (("nelbo_small", opts.stage1), ("nelbo_full", L))}  # fmt: skip
         ck = load_checkpoint(folder, _device())
