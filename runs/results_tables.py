@@ -11,7 +11,6 @@ matched-entropy gap to stage 1's curve, per model the mean over seeds, then mean
 models.  usage: .venv/bin/python runs/results_tables.py [RESULTS]
 """
 
-import csv
 import math
 import re
 import shutil
@@ -21,6 +20,7 @@ from collections import defaultdict
 from pathlib import Path
 
 from dind.frontier import STAGE1, matched_entropy_gaps
+from dind.results import read_csv
 
 root = Path(sys.argv[1] if len(sys.argv) > 1 else "runs/results")
 docs = Path("docs/results")
@@ -28,13 +28,10 @@ docs.mkdir(parents=True, exist_ok=True)
 
 
 def rows_of(path: Path) -> list[dict]:
-    out = []
-    for r in csv.DictReader(path.open()):
-        for key in ("gen_ppl", "entropy", "nfe", "x"):
-            r[key] = float(r[key]) if r.get(key) not in (None, "") else None
+    rows = read_csv(path)
+    for r in rows:
         r["seed"] = int(r["seed"])
-        out.append(r)
-    return out
+    return rows
 
 
 def mean_sd(values: list[float]) -> str:
@@ -114,11 +111,11 @@ if mix.is_file():
             "entropy", "NELBO B=4", "NELBO B=L"]  # fmt: skip
     print("| " + " | ".join(head) + " |")
     print("|" + "---|" * len(head))
-    for r in csv.DictReader(mix.open()):
-        delta = r.get("delta_vs_stage1") or ""
-        vs = f"{float(delta):+.1f} ({r['better_than_stage1_seeds']})" if delta else ""
-        cells = [r["setting"], f"{float(r['gen_ppl_mean']):.1f} ± {float(r['gen_ppl_std']):.1f}",
-                 vs, f"{float(r['entropy_mean']):.2f}", f"{float(r['nelbo_small']):.3f}",
-                 f"{float(r['nelbo_full']):.3f}"]  # fmt: skip
+    for r in read_csv(mix):
+        delta = r.get("delta_vs_stage1")
+        vs = "" if delta is None else f"{delta:+.1f} ({r['better_than_stage1_seeds']})"
+        cells = [r["setting"], f"{r['gen_ppl_mean']:.1f} ± {r['gen_ppl_std']:.1f}", vs,
+                 f"{r['entropy_mean']:.2f}", f"{r['nelbo_small']:.3f}",
+                 f"{r['nelbo_full']:.3f}"]  # fmt: skip
         print("| " + " | ".join(cells) + " |")
     shutil.copy(mix.with_suffix(".png"), docs / "mix.png")

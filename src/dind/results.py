@@ -136,18 +136,17 @@ def report_parts(folder: Path) -> tuple[list, list]:
         csv_path, png = folder / f"{kind}.csv", folder / f"{kind}.png"
         if not csv_path.is_file():
             continue
-        with open(csv_path) as f:
-            rows = list(csv.DictReader(f))
+        rows = read_csv(csv_path)
         judge = ""
         if (folder / f"{kind}.json").is_file():
             judge = json.loads((folder / f"{kind}.json").read_text()).get("judge", "")
-        body = [[_number(r.get(key, "")) for _, key in SUMMARY_COLUMNS] for r in rows]
+        body = [[_cell(r.get(key)) for _, key in SUMMARY_COLUMNS] for r in rows]
         head = [h for h, _ in SUMMARY_COLUMNS]
         if kind == "topp":  # the honest comparison: against stage 1's curve at equal entropy
             head.insert(6, "vs stage 1 at equal entropy")
             for line, r in zip(body, rows, strict=True):
-                gap, seeds = r.get("matched_gap_log_mean", ""), r.get("matched_gap_seeds")
-                line.insert(6, f"{math.expm1(float(gap)):+.0%} ({seeds})" if gap else "")
+                gap, seeds = r.get("matched_gap_log_mean"), r.get("matched_gap_seeds")
+                line.insert(6, "" if gap is None else f"{math.expm1(gap):+.0%} ({seeds})")
         caption = f"{CAPTIONS[kind]}; judge {judge}" if judge else CAPTIONS[kind]
         tables.append((caption, head, body))
         if png.is_file():
@@ -157,7 +156,20 @@ def report_parts(folder: Path) -> tuple[list, list]:
     return tables, plots
 
 
-def _number(text: str):
+def _cell(value):
+    return "" if value is None else value
+
+
+def read_csv(path: Path) -> list[dict[str, Any]]:
+    """The rows ``write_csv`` wrote: numbers as floats (every digit: they were written with
+    ``repr``), empty cells as None, other text as it is."""
+    with open(path, newline="") as f:
+        return [{k: _value(v) for k, v in r.items()} for r in csv.DictReader(f)]
+
+
+def _value(text: str):
+    if text == "":
+        return None
     try:
         return float(text)
     except ValueError:
