@@ -118,32 +118,47 @@ NUCLEUS_RULES = ("bd3lm", "hf")
 
 
 def nucleus_keep(sorted_p: Tensor, top_p: float, rule: str = "bd3lm") -> Tensor:
-    """Which of the descending-sorted probabilities ``sorted_p`` (V,) the nucleus keeps."""
-    cum = sorted_p.cumsum(0)
+    """Which of the descending-sorted probabilities ``sorted_p`` (..., V) the nucleus keeps."""
+    cum = sorted_p.cumsum(-1)
     if rule == "bd3lm":  # mass up to and including the token within p, and the top token
         keep = cum <= top_p
-        keep[0] = True
+        keep[..., 0] = True
         return keep
     if rule == "hf":  # the smallest prefix whose mass reaches p
         return (cum - sorted_p) < top_p
     raise ValueError(f"unknown nucleus rule {rule!r}")
 
 
+def nucleus_probs(probs: Tensor, top_p: float, rule: str = "bd3lm") -> Tensor:
+    """The top-p nucleus of each row of ``probs`` (N, V) float64, renormalized."""
+    if top_p >= 1.0:
+        return probs
+    sorted_p, order = probs.sort(dim=-1, descending=True, stable=True)
+    kept = sorted_p * nucleus_keep(sorted_p, top_p, rule)
+    p = torch.zeros_like(probs).scatter_(-1, order, kept)
+    return p / p.sum(-1, keepdim=True)
+
+
+def draw(
+    probs: Tensor, top_p: float, generators: list[torch.Generator], rule: str = "bd3lm"
+) -> tuple[Tensor, Tensor]:
+    """One token from the top-p nucleus of each row of ``probs`` (N, V) float64, with the
+    exponential trick; row n's noise comes from ``generators[n]`` (drawn in list order, so a
+    generator listed twice draws twice, in order). Returns the tokens (N,) and their
+    nucleus-renormalized probabilities (N,). The nucleus and the choice are one batched
+    computation; only the noise is drawn per row, from that row's own generator."""
+    p = nucleus_probs(probs, top_p, rule)
+    noise = torch.stack([torch.empty_like(p[0]).exponential_(generator=g) for g in generators])
+    tokens = (p / noise).argmax(-1)
+    return tokens, p.gather(-1, tokens[:, None])[:, 0]
+
+
 def nucleus_sample(
     probs: Tensor, top_p: float, generator: torch.Generator, rule: str = "bd3lm"
 ) -> tuple[int, float]:
-    """Draw a token from the top-p nucleus of ``probs`` (V,) float64 with the exponential trick;
-    returns the token and its nucleus-renormalized probability."""
-    p = probs
-    if top_p < 1.0:
-        sorted_p, order = probs.sort(descending=True, stable=True)
-        keep = nucleus_keep(sorted_p, top_p, rule)
-        p = torch.zeros_like(probs)
-        p[order[keep]] = sorted_p[keep]
-        p = p / p.sum()
-    e = torch.empty_like(p).exponential_(generator=generator)
-    token = int(torch.argmax(p / e))
-    return token, float(p[token])
+    """``draw`` for one distribution ``probs`` (V,): the token and its nucleus probability."""
+    tokens, p = draw(probs[None], top_p, [generator], rule)
+    return int(tokens[0]), float(p[0])
 
 
 @dataclass
@@ -156,10 +171,14 @@ class DenoiseSettings:
     steps: int | None = None  # T for the ancestral sampler (default: the block size)
 
 
-def _commit(x, conf, r, i, probs_i, s: DenoiseSettings, gen) -> None:
-    token, p_nucleus = nucleus_sample(probs_i, s.top_p, gen, s.nucleus)
-    x[r, i] = token
-    conf[r, i] = p_nucleus if s.confidence == "nucleus" else float(probs_i[token])
+def _commit(x, conf, rows, cols, probs, s: DenoiseSettings, generators) -> None:
+    """Draw and commit a token at (rows[n], cols[n]) from ``probs[n]`` for every n (noise
+    from ``generators[n]``), with its snapshot confidence."""
+    tokens, p_nucleus = draw(probs, s.top_p, generators, s.nucleus)
+    x[rows, cols] = tokens
+    conf[rows, cols] = p_nucleus if s.confidence == "nucleus" else probs.gather(
+        -1, tokens[:, None]
+    )[:, 0].to(conf.dtype)
 
 
 def denoise_block(
@@ -195,11 +214,12 @@ def _first_hitting(view, x, conf, start, end, s, generators, nfe) -> None:
                 torch.randint(len(candidates), (1,), generator=g, device=g.device)
             ]
         logits = view.logits(x, start, end, index=picks)  # (B, 1, V): only where committed
-        for r in rows:
-            j = int(picks[r])
-            _commit(x, conf, r, start + j, token_probs(logits[r, 0], s.mask_id), s, generators[r])
-            masked[r, j] = False
-            nfe[r] += 1
+        idx = torch.tensor(rows, device=x.device)
+        j = picks[idx, 0]
+        probs = token_probs(logits[idx, 0], s.mask_id)
+        _commit(x, conf, idx, start + j, probs, s, [generators[r] for r in rows])
+        masked[idx, j] = False
+        nfe[idx] += 1
 
 
 def _ancestral(view, x, conf, start, end, s, generators, nfe) -> None:
@@ -218,15 +238,21 @@ def _ancestral(view, x, conf, start, end, s, generators, nfe) -> None:
             probs = fresh if probs is None else torch.where(stale[:, None, None], fresh, probs)
             nfe += stale.long()
         stale = torch.zeros_like(stale)
+        rows, cols = [], []
         for r in torch.nonzero(masked.any(1)).flatten().tolist():
-            cols = torch.nonzero(masked[r]).flatten()
+            candidates = torch.nonzero(masked[r]).flatten()
             if t_next <= 0:
-                reveal = cols
+                reveal = candidates
             else:
                 g = generators[r]
-                u = torch.rand(len(cols), generator=g, dtype=torch.float64, device=g.device)
-                reveal = cols[(u < (t - t_next) / t).to(cols.device)]
-            for j in reveal.tolist():
-                _commit(x, conf, r, start + j, probs[r, j], s, generators[r])
-                masked[r, j] = False
+                u = torch.rand(len(candidates), generator=g, dtype=torch.float64, device=g.device)
+                reveal = candidates[(u < (t - t_next) / t).to(candidates.device)]
+            rows += [r] * len(reveal)
+            cols += reveal.tolist()
+            masked[r, reveal] = False
             stale[r] = len(reveal) > 0 and bool(masked[r].any())
+        if rows:  # every reveal of the step at once; each row's noise in column order
+            r_idx = torch.tensor(rows, device=x.device)
+            c_idx = torch.tensor(cols, device=x.device)
+            _commit(x, conf, r_idx, start + c_idx, probs[r_idx, c_idx], s,
+                    [generators[r] for r in rows])  # fmt: skip

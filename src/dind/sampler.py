@@ -51,7 +51,7 @@ from dind.denoise import (
     BlockView,
     DenoiseSettings,
     denoise_block,
-    nucleus_sample,
+    draw,
     token_probs,
 )
 from dind.devices import autocast_dtype
@@ -394,7 +394,5 @@ def ar_generate(
         else:
             causal = torch.ones(i + 1, i + 1, dtype=torch.bool, device=device).tril()
             logits = model(x[:, : i + 1], mask=causal)[:, -1]
-        probs = token_probs(logits, mask_id)
-        for r in range(batch_size):
-            x[r, i + 1] = nucleus_sample(probs[r], top_p, generators[r], nucleus)[0]
+        x[:, i + 1] = draw(token_probs(logits, mask_id), top_p, generators, nucleus)[0]
     return x, length - 1
