@@ -360,7 +360,9 @@ def smollm2_judge(device: str | torch.device = "cpu") -> HFJudge:
 
 
 def _is_dind_checkpoint(folder: Path) -> bool:
-    if (folder / "checkpoint" / "config.json").is_file():  # a run folder
+    from dind.checkpoint import latest_complete
+
+    if latest_complete(folder / "checkpoint") is not None:  # a run folder
         return True
     try:
         config = json.loads((folder / "config.json").read_text())
