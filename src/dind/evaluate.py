@@ -71,7 +71,11 @@ def read_samples(path: str | Path) -> list[dict[str, Any]]:
     if not path.is_file():
         raise DindError(f"samples file not found: {path}")
     records = []
-    for n, line in enumerate(path.read_text().splitlines(), start=1):
+    for n, raw in enumerate(path.read_bytes().splitlines(), start=1):
+        try:
+            line = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            raise DindError(f"{path} line {n} is not UTF-8 text: not a dind samples file") from None
         if not line.strip():
             continue
         try:
@@ -96,7 +100,8 @@ def evaluate_samples(
     rows = []
     for i, r in enumerate(tqdm(records, disable=not progress, desc=f"judge {judge.name}")):
         score = judge.score(r["text"])
-        ppl = math.exp(score.nll_sum / score.n_tokens) if score.n_tokens else float("nan")
+        # None (JSON null) when nothing was scored: an empty or EOS-only text
+        ppl = math.exp(score.nll_sum / score.n_tokens) if score.n_tokens else None
         row = {
             "index": r.get("index", i),
             "gen_ppl": ppl,
@@ -215,6 +220,8 @@ def heldout_nelbo(
     from dind.loss import ar_loss, bd3_loss
     from dind.noise import DEFAULT_EPS_MAX, DEFAULT_EPS_MIN
 
+    if max_batches is not None and max_batches < 1:
+        raise DindError(f"max batches must be at least 1 (None: all), got {max_batches}")
     device = torch.device(device or default_device())
     ck = ckpt.load_checkpoint(checkpoint, device)
     cfg, run = ck.model.config, ck.run_config
@@ -226,7 +233,7 @@ def heldout_nelbo(
     source = run.train.corpus if data == "held-out" else data
     _, val = prepare_data(source, ck.tokenizer, L)
     n_batches = math.ceil(len(val) / batch_size)
-    if max_batches:
+    if max_batches is not None:
         n_batches = min(n_batches, max_batches)
     torch.manual_seed(seed)
     total, count = 0.0, 0
@@ -241,6 +248,8 @@ def heldout_nelbo(
                            antithetic=True, resample=False, eval_mode=True)  # fmt: skip
         total += res.nll[res.token_mask].sum().item()
         count += int(res.token_mask.sum())
+    if count == 0:
+        raise DindError(f"no held-out tokens to score in {source}")
     nelbo = total / count
     return {
         "checkpoint": str(ck.path),

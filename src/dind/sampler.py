@@ -60,6 +60,9 @@ from dind.evaluate import BD3LM_ENTROPY_WINDOW, DEFAULT_ENTROPY_THRESHOLD, bd3lm
 
 MAX_DRAWS = 10
 """Draws of one stage-1 draft under ``retry_low_entropy`` (BD3-LM's ``num_tries``)."""
+MAX_SAMPLES = 1_000_000
+"""Most sequences one call draws: they are all held in memory (every stage's tokens and
+confidences) until the one file is written."""
 
 
 @dataclass
@@ -359,6 +362,16 @@ def _check_drafts(drafts: list[Sample], indices: list[int], seeds: list[int], cf
     return first
 
 
+def check_counts(num_samples: int, batch_size: int) -> None:
+    """A one-line error for a sample count or batch size that cannot be drawn."""
+    if num_samples <= 0 or batch_size <= 0:
+        raise DindError("num-samples and batch-size must be positive")
+    if num_samples > MAX_SAMPLES:
+        raise DindError(f"num-samples {num_samples:,} is above the limit of {MAX_SAMPLES:,} per "
+                        "call (all are held in memory until the file is written): draw them "
+                        "in parts with other --seed values")  # fmt: skip
+
+
 def sample(
     model: torch.nn.Module,
     cfg: SamplerConfig,
@@ -374,8 +387,7 @@ def sample(
     (the first stages of the same samples, see ``sample_batch``) go on from them."""
     if drafts is not None and len(drafts) != num_samples:
         raise DindError(f"{len(drafts)} drafts for {num_samples} samples")
-    if num_samples <= 0 or batch_size <= 0:
-        raise DindError("num-samples and batch-size must be positive")
+    check_counts(num_samples, batch_size)
     _prefix(cfg.length, bos_id, prompt)  # fail before any work
     model.eval()
     out: list[Sample] = []
@@ -445,18 +457,12 @@ def sample_record(s: Sample, tokenizer, cfg: SamplerConfig) -> dict:
 
 
 def write_samples(path, samples: list[Sample], tokenizer, cfg: SamplerConfig) -> None:
-    """Write the JSONL file atomically: a temporary file renamed into place when complete."""
+    """Write the JSONL file atomically (``dind.utils.atomic_open``): a unique temporary file,
+    fsynced and renamed into place when complete."""
     import json
-    import os
-    from pathlib import Path
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.part")
-    try:
-        with open(tmp, "w") as f:
-            for s in samples:
-                f.write(json.dumps(sample_record(s, tokenizer, cfg)) + "\n")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    from dind.utils import atomic_open
+
+    with atomic_open(path) as f:
+        for s in samples:
+            f.write(json.dumps(sample_record(s, tokenizer, cfg)) + "\n")
