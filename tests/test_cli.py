@@ -232,6 +232,22 @@ def test_bad_stages_and_lengths_say_what_is_wrong(run_dir, tmp_path, monkeypatch
     assert not (tmp_path / "s.jsonl").exists()
 
 
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["bench", "sample", "--length", "-4"], "--length must be positive, got -4"),
+        (["bench", "sample", "--num-samples", "0"], "--num-samples must be positive, got 0"),
+        (["bench", "train", "--steps", "0"], "--steps must be positive, got 0"),
+    ],
+)
+def test_bench_counts_below_one_are_one_line(monkeypatch, capsys, args, message):
+    """(Were "model.seq_len must be positive", a ZeroDivisionError and a StatisticsError.)"""
+    monkeypatch.setattr("dind.bench.bench_sample", never("the benchmark"))
+    monkeypatch.setattr("dind.bench.bench_train", never("the benchmark"))
+    code, _, err = dind(monkeypatch, capsys, *args)
+    one_error(code, err, message)
+
+
 # ----------------------------------------------------------------------------- metrics files
 
 

@@ -436,6 +436,12 @@ def data_english(
     typer.echo(format_table(english, counts))
 
 
+def _check_positive(*options: tuple[str, int | None]) -> None:
+    for flag, value in options:
+        if value is not None and value < 1:
+            raise DindError(f"{flag} must be positive, got {value}")
+
+
 @bench_app.command("sample")
 def bench_sample(
     length: Annotated[int, typer.Option(help="L.")] = 256,
@@ -447,6 +453,7 @@ def bench_sample(
     """Seconds per sample: stage 1 with/without cache, two stages, AR decoding."""
     from dind.bench import bench_sample as run_bench
 
+    _check_positive(("--length", length), ("--num-samples", num_samples))
     if out is not None:
         check_writable_file(out)
     result = run_bench(preset, length, num_samples, dtype)
@@ -468,6 +475,7 @@ def bench_train(
     """Seconds per training step, mixed-scale BD3 vs AR, same model and tokens."""
     from dind.bench import bench_train as run_bench
 
+    _check_positive(("--steps", steps), ("--batch-size", batch_size))
     if out is not None:
         check_writable_file(out)
     result = run_bench(preset, steps, batch_size, block_sizes, block_probs, attn_backend)
