@@ -36,10 +36,15 @@ run() {  # run "$@" with stdout appended to the file named by $to (default: disc
   echo "+ $*"
   [ -n "${DRY_RUN:-}" ] || "$@" >>"${to:-/dev/null}"
 }
+has_checkpoint() {  # DIR has a checkpoint: in place, or the complete copy a save killed
+  # between its two renames left hidden (dind's loader takes it; dind.checkpoint)
+  [ -e "$1/checkpoint" ] || compgen -G "$1/.checkpoint.new-*/config.json" >/dev/null \
+    || compgen -G "$1/.checkpoint.old-*/config.json" >/dev/null
+}
 train() {  # train DIR ARGS...: a fresh run, or --resume of one with a checkpoint
   local dir=$1; shift
   local again=()
-  if [ -e "$dir/checkpoint" ]; then again=(--resume)
+  if has_checkpoint "$dir"; then again=(--resume)
   elif [ -e "$dir" ] && [ -z "${DRY_RUN:-}" ]; then rm -rf "$dir"; fi
   run "$dind" train --out "$dir" "$@" "${again[@]}" --no-progress
 }

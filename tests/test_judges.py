@@ -159,11 +159,11 @@ def test_windows_match_one_window_for_a_judge_that_needs_its_bos():
     table = torch.randn(V, V, generator=torch.Generator().manual_seed(0), dtype=torch.float64) * 3
     seen = []
 
-    def logits_fn(x):
+    def logits_fn(x, first):
         seen.append(x[0].tolist())
         if int(x[0, 0]) != bos:
-            return torch.zeros(x.shape[1], V)
-        return table[x[0]]
+            return torch.zeros(x.shape[1] - first, V)
+        return table[x[0, first:]]
 
     tokens = torch.randint(V - 1, (200,), generator=torch.Generator().manual_seed(1)).tolist()
     one = strided_nll(tokens, bos, None, 1024, 512, logits_fn)
@@ -184,6 +184,52 @@ def test_windows_match_one_window_for_a_judge_that_needs_its_bos():
     # teeth: the same windows without their BOS (the former rule) are far off
     bare = bare_slices_nll(logprob_of, [bos, *tokens], 24, 10)
     assert abs(bare - one.nll_sum) > 0.05 * one.nll_sum
+
+
+@pytest.mark.parametrize("n", [10, 23, 24, 100, 400, 1600])
+def test_a_long_text_costs_what_its_windows_cost(n):
+    """Structural, not timed: the forward passes grow linearly with the length (one per
+    ``stride`` tokens past the first window, each of at most ``context`` ids), and the output
+    head sees each token once, plus each window's last position (the old code asked every
+    window for all its logits: twice the rows)."""
+    V, bos, context, stride = 12, 11, 24, 10
+    tokens = torch.randint(V - 1, (n,), generator=torch.Generator().manual_seed(n)).tolist()
+    calls = []
+
+    def logits_fn(x, first):
+        calls.append((x.shape[1], first))
+        return torch.zeros(x.shape[1] - first, V)
+
+    s = strided_nll(tokens, bos, None, context, stride, logits_fn)
+    windows = 1 if n <= context - 1 else 1 + math.ceil((n - (context - 1)) / stride)
+    assert len(calls) == windows and all(length <= context for length, _ in calls)
+    assert sum(T - first for T, first in calls) <= n + windows
+    assert s.n_tokens == n and s.nll_sum == pytest.approx(n * math.log(V))
+
+
+def test_hf_judge_heads_only_the_scored_positions_and_keeps_one_window_scores(tiny_gpt2):
+    folder, model, tok = tiny_gpt2
+    judge = load_judge(str(folder))
+    rows = []
+    hook = judge.model.lm_head.register_forward_hook(lambda m, a, out: rows.append(out.shape[1]))
+    try:
+        tokens = tok(LONG, add_special_tokens=False).input_ids
+        judge.score(LONG)
+        assert len(rows) == 1 + math.ceil((len(tokens) - 63) / 32)
+        assert sum(rows) <= len(tokens) + len(rows)  # not 64 rows a window
+        rows.clear()
+        short = judge.score(SHORT)
+        assert len(rows) == 1
+    finally:
+        hook.remove()
+
+    @torch.no_grad()
+    def full_logits(x, first):  # every position's logits, as before
+        return model(input_ids=x).logits[0, first:]
+
+    ids = tok(SHORT, add_special_tokens=False).input_ids
+    before = strided_nll(ids, judge.bos_id, judge.eos_id, 64, 32, full_logits)
+    assert (short.nll_sum, short.n_tokens) == (before.nll_sum, before.n_tokens)  # bit for bit
 
 
 def markov_gpt2(V: int, bos: int, length: int, steps: int):
@@ -221,8 +267,8 @@ def test_windows_of_a_trained_causal_judge_match_one_window():
     model, chains = markov_gpt2(V, bos, length, steps=100)
 
     @torch.no_grad()
-    def logits_fn(x):
-        return model(input_ids=x).logits[0]
+    def logits_fn(x, first):
+        return model(input_ids=x).logits[0, first:]
 
     for seed in (5, 6):
         tokens = chains(1, length - 4, torch.Generator().manual_seed(seed))[0].tolist()

@@ -55,6 +55,17 @@ def test_scale_study_resumes_a_killed_run_and_restarts_one_without_checkpoint(tm
     assert not any(" sweep " in c or " eval " in c for c in commands)
 
 
+def test_scale_study_resumes_a_run_whose_save_was_killed_between_its_renames(tmp_path):
+    """Such a run has no checkpoint/ but a complete hidden copy (dind.checkpoint): it is
+    resumed from it, never deleted as a run killed before its first checkpoint."""
+    copy = tmp_path / "out" / "models" / "pretrain-s0" / ".checkpoint.new-00000000000000000001-ab"
+    copy.mkdir(parents=True)
+    (copy / "config.json").write_text("{}")
+    res, commands = _dry_run("tiny", str(tmp_path / "out"), TRAIN_SEEDS="0", TRAIN_ONLY="1")
+    assert res.returncode == 0, res.stderr
+    assert next(c for c in commands if "pretrain-s0 " in c).endswith("--resume --no-progress")
+
+
 def test_scale_study_refuses_an_unknown_size(tmp_path):
     res, commands = _dry_run("huge", str(tmp_path))
     assert res.returncode == 2 and not commands

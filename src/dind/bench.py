@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 from dind.config import BlockSizeDistribution, ModelConfig, preset
-from dind.devices import sampling_precision
+from dind.devices import default_device, sampling_precision
 from dind.loss import ar_loss, bd3_loss
 from dind.mixed_scale import sample_block_sizes
 from dind.model import DiT
@@ -37,7 +37,7 @@ def bench_train(
     attn_backend: str = "sdpa",
 ) -> dict[str, Any]:
     run = preset(preset_name)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(default_device())
     L = run.model.seq_len
     cfg = ModelConfig(**{**run.model.__dict__, "attn_backend": attn_backend, "dropout": 0.0})
     dist = BlockSizeDistribution.parse(block_sizes, block_probs, L)
@@ -103,7 +103,7 @@ def bench_sample(
     from dind.sampler import SamplerConfig, ar_generate, sample
 
     run = preset(preset_name)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(default_device())
     cfg = ModelConfig(**{**run.model.__dict__, "seq_len": length, "dropout": 0.0})
     torch.manual_seed(0)
     model = DiT(cfg).to(device).eval()

@@ -16,18 +16,29 @@ folder with their ``config.json`` and ``model.safetensors`` or legacy ``pytorch_
 load the same way: their config fields map onto ``ModelConfig``, and since they carry no
 tokenizer, vocabulary 50258 means GPT-2's with mask id 50257.
 
-Writes go to a sibling temporary folder that is renamed into place only once complete, so a
-crash never leaves a folder that looks whole. Loading is strict: a missing, unexpected or
-mis-shaped key is named in the error, never silently left at its initial value.
+Writes are crash-safe at every instant (``save_checkpoint``): the new copy is built in a hidden
+sibling ``.NAME.tmp-*`` and fsynced; renamed ``.NAME.new-<time>-*`` once complete; the old copy
+is renamed aside to ``.NAME.old-<time>-*``; the new one is renamed to ``NAME``; the old one is
+deleted. A kill between two renames leaves no ``NAME`` for a moment, so the loader
+(``resolve``, used by ``load_checkpoint``, ``load_training_state`` and ``load_tokenizer``)
+takes the newest complete copy among ``NAME`` and its ``.new``/``.old`` siblings, and the
+next save puts everything back in order (stale temporaries included). Only ``.tmp`` folders
+can be incomplete, and nothing ever loads them. One writer per checkpoint folder (in a
+distributed run, rank 0 saves).
+
+Loading is strict: a missing, unexpected or mis-shaped key is named in the error, never
+silently left at its initial value, and non-finite weights (a diverged run) are refused.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import pickle
 import re
 import shutil
+import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,6 +53,14 @@ from dind.errors import DindError
 from dind.model import DiT
 from dind.noise import DEFAULT_EPS_MAX, DEFAULT_EPS_MIN, Intervals
 from dind.tokenizer import Tokenizer
+from dind.utils import (
+    atomic_write,
+    check_writable_dir,
+    fsync_dir,
+    fsync_tree,
+    make_staging,
+    set_file_mode,
+)
 
 PREFIX = "backbone."
 WEIGHTS = "model.safetensors"
@@ -126,32 +145,81 @@ def save_checkpoint(
     tokenizer: Tokenizer,
     intervals: Intervals,
     training_state: dict[str, Any] | None = None,
+    extra_config: dict[str, Any] | None = None,
 ) -> Path:
-    """Write a complete checkpoint folder at ``path`` atomically (replacing any old one)."""
+    """Write a complete checkpoint folder at ``path``, replacing any old one, so that a
+    complete copy survives a kill at any instant (module docstring). ``extra_config``: more
+    ``config.json`` fields."""
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
-    tmp.mkdir(parents=True)
-    eps_min, eps_max = draft_interval(run, intervals)
+    for stale in _copies(path, STAGING):  # a killed save's partial folder
+        shutil.rmtree(stale, ignore_errors=True)
+    tmp = make_staging(path, STAGING)
+    staged = None
     try:
+        eps_min, eps_max = draft_interval(run, intervals)
         save_file(state_dict_for_save(model, eps_min, eps_max), str(tmp / WEIGHTS))
+        set_file_mode(tmp / WEIGHTS)  # safetensors writes it owner-only
         config = bd3lm_config_fields(run, eps_min, eps_max)
         config["dind"] = run.to_dict()
         config[INTERVALS_KEY] = intervals_to_json(intervals)
-        (tmp / CONFIG).write_text(json.dumps(config, indent=2))
+        config.update(extra_config or {})
+        atomic_write(tmp / CONFIG, json.dumps(config, indent=2))
         tokenizer.save(tmp)
         if training_state is not None:
             torch.save(training_state, tmp / TRAINING_STATE)
-        old = None
+        fsync_tree(tmp)
+        staged = _copy_name(path, COMPLETE)
+        os.replace(tmp, staged)  # complete from here on: the loader may take it
         if path.exists():
-            old = path.with_name(f".{path.name}.old-{uuid.uuid4().hex[:8]}")
-            os.replace(path, old)
-        os.replace(tmp, path)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+            os.replace(path, _copy_name(path, ASIDE))
+        os.replace(staged, path)
+        fsync_dir(path.parent)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
+        if staged is not None and staged.exists():
+            if path.exists():  # stopped before the switch: the old copy stays, whole
+                shutil.rmtree(staged, ignore_errors=True)
+            else:  # stopped between the two renames: the new copy is complete, put it in place
+                with contextlib.suppress(OSError):  # else the loader still finds it
+                    os.replace(staged, path)
         raise
+    for tag in (COMPLETE, ASIDE, STAGING):  # older copies, now superseded
+        for p in _copies(path, tag):
+            shutil.rmtree(p, ignore_errors=True)
     return path
+
+
+STAGING, COMPLETE, ASIDE = "tmp", "new", "old"
+"""Tags of a checkpoint folder's hidden siblings: being written (possibly incomplete), complete
+but not yet in place, and the previous copy moved aside."""
+
+
+def _copy_name(path: Path, tag: str) -> Path:
+    # The time first: names sort in the order the copies were made.
+    return path.with_name(f".{path.name}.{tag}-{time.time_ns():020d}-{uuid.uuid4().hex[:8]}")
+
+
+def _copies(path: Path, tag: str) -> list[Path]:
+    """The hidden ``.NAME.TAG-*`` siblings of ``path``, newest first."""
+    prefix = f".{path.name}.{tag}-"
+    try:
+        found = [p for p in path.parent.iterdir() if p.name.startswith(prefix) and p.is_dir()]
+    except OSError:  # no parent folder, or not a folder
+        return []
+    return sorted(found, key=lambda p: p.name, reverse=True)
+
+
+def latest_complete(path: str | Path) -> Path | None:
+    """The newest complete copy of the checkpoint folder ``path``: ``path`` itself, or the
+    hidden copy a save had made or moved aside when it was killed (module docstring); None
+    when there is none. A complete copy has its ``config.json``; the newest has the newest
+    one."""
+    path = Path(path)
+    candidates = [p for p in [path, *_copies(path, COMPLETE), *_copies(path, ASIDE)]
+                  if (p / CONFIG).is_file()]  # fmt: skip
+    if len(candidates) <= 1:
+        return candidates[0] if candidates else None
+    return max(candidates, key=lambda p: (p / CONFIG).stat().st_mtime_ns)
 
 
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
@@ -175,26 +243,38 @@ def download(repo_id: str) -> Path:
 
 
 def resolve(path: str | Path) -> Path:
-    """A run folder stands for its latest checkpoint (``RUN/checkpoint``); ``owner/name`` that
-    is not a local folder is a hub id."""
+    """A run folder stands for its latest checkpoint (``RUN/checkpoint``), a checkpoint folder
+    for its newest complete copy (``latest_complete``); ``owner/name`` that is not a local
+    folder is a hub id."""
     path = Path(path)
+    found = latest_complete(path / "checkpoint") or latest_complete(path)
+    if found is not None:
+        return found
     if not path.exists() and HUB_ID.match(str(path)):
         path = download(str(path))
     if not path.exists():
         raise DindError(f"checkpoint not found: {path}")
-    if (path / "checkpoint" / CONFIG).exists():
-        return path / "checkpoint"
     if not (path / CONFIG).exists():
         raise DindError(f"{path} is not a checkpoint folder (no {CONFIG})")
     return path
 
 
-def read_config(path: Path) -> RunConfig:
+def _read_config_json(path: Path) -> dict[str, Any]:
+    """``config.json`` as a dict; anything else is a one-line error."""
     try:
-        config = json.loads((path / CONFIG).read_text())
-    except (OSError, json.JSONDecodeError) as e:
+        config = json.loads((path / CONFIG).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise DindError(f"cannot read {path / CONFIG}: {e}") from None
+    if not isinstance(config, dict):
+        raise DindError(f"{path / CONFIG} is not a checkpoint config (not a JSON object)")
+    return config
+
+
+def read_config(path: Path) -> RunConfig:
+    config = _read_config_json(path)
     if "dind" in config:
+        if not isinstance(config["dind"], dict):
+            raise DindError(f"{path / CONFIG}: its 'dind' entry is not a JSON object")
         return RunConfig.from_dict(config["dind"])
     # A BD3-LM folder: map its fields (its vocabulary is GPT-2's plus the mask token).
     try:
@@ -270,6 +350,16 @@ def read_weights(path: Path) -> dict[str, torch.Tensor]:
     return sd
 
 
+def check_finite(sd: dict[str, torch.Tensor], source: str | Path) -> None:
+    """Refuse weights holding NaN or inf (a diverged run): they would sample garbage, or NaN
+    probabilities, without a word."""
+    bad = [k for k, v in sd.items() if v.is_floating_point() and not bool(v.isfinite().all())]
+    if bad:
+        more = f" (+{len(bad) - 1} more)" if len(bad) > 1 else ""
+        raise DindError(f"{source} holds non-finite weights (NaN or inf) in {bad[0]}{more}: "
+                        "the run diverged; use an earlier checkpoint")  # fmt: skip
+
+
 def _tokenizer_for(path: Path, run: RunConfig) -> Tokenizer:
     if (path / "tokenizer.json").exists():
         return Tokenizer.load(path)
@@ -299,6 +389,7 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Che
             f"{run.model.vocab_size}"
         )
     sd = read_weights(path)
+    check_finite(sd, path / WEIGHTS)
     model = DiT(run.model)
     load_state_dict_strict(model, sd, str(path / WEIGHTS))
     eps = (float(sd.get("sampling_eps_min", torch.tensor(DEFAULT_EPS_MIN))),
@@ -310,7 +401,7 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Che
 def _read_intervals(path: Path) -> Intervals:
     """The per-block-size intervals a dind checkpoint records; BD3-LM's folders (and dind's
     before they were recorded) have only the draft size's pair of buffers."""
-    config = json.loads((path / CONFIG).read_text())
+    config = _read_config_json(path)
     try:
         return intervals_from_json(config.get(INTERVALS_KEY) or {})
     except (TypeError, ValueError, AttributeError):
@@ -321,23 +412,19 @@ def export_checkpoint(src: str | Path, dest: str | Path) -> Path:
     """Write ``src`` (a dind run, a checkpoint, a BD3-LM folder or hub id) as a folder BD3-LM's
     own loading code accepts: its ``config.json`` fields (plus an ``auto_map`` to its modelling
     code on the hub), ``model.safetensors`` in its key layout, and the tokenizer."""
-    dest = Path(dest)
+    dest = check_writable_dir(dest, "export destination")  # before loading anything
     if dest.exists() and any(dest.iterdir()):
         raise DindError(f"{dest} exists and is not empty")
     ck = load_checkpoint(src)
-    if dest.exists():
-        dest.rmdir()
-    save_checkpoint(dest, ck.model, ck.run_config, ck.tokenizer, ck.intervals)
-    config = json.loads((dest / CONFIG).read_text())
-    config["architectures"] = ["BD3LM"]
-    config["auto_map"] = {
-        "AutoConfig": f"{BD3LM_CODE_REPO}--configuration_bd3lm.BD3LMConfig",
-        "AutoModelForMaskedLM": f"{BD3LM_CODE_REPO}--modeling_bd3lm.BD3LM",
+    extra = {
+        "architectures": ["BD3LM"],
+        "auto_map": {
+            "AutoConfig": f"{BD3LM_CODE_REPO}--configuration_bd3lm.BD3LMConfig",
+            "AutoModelForMaskedLM": f"{BD3LM_CODE_REPO}--modeling_bd3lm.BD3LM",
+        },
     }
-    tmp = dest / (CONFIG + ".part")
-    tmp.write_text(json.dumps(config, indent=2))
-    os.replace(tmp, dest / CONFIG)
-    return dest
+    return save_checkpoint(dest, ck.model, ck.run_config, ck.tokenizer, ck.intervals,
+                           extra_config=extra)  # fmt: skip
 
 
 def load_training_state(path: str | Path) -> dict[str, Any]:

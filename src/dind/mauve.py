@@ -271,11 +271,10 @@ class HeldOutText:
 def reference_corpus(spec: str) -> str:
     """The corpus behind ``spec``: a dind run or checkpoint folder (its recorded corpus) or a
     corpus itself."""
-    path = Path(spec).expanduser()
-    if path.is_dir() and ((path / "checkpoint" / "config.json").is_file() or
-                          (path / "config.json").is_file()):  # fmt: skip
-        from dind.checkpoint import read_config, resolve
+    from dind.checkpoint import latest_complete, read_config, resolve
 
+    path = Path(spec).expanduser()
+    if path.is_dir() and (latest_complete(path / "checkpoint") or (path / "config.json").is_file()):
         run = read_config(resolve(path))
         if run.preset == "bd3lm":
             raise DindError(f"{spec} is a BD3-LM folder and records no corpus: name the corpus")

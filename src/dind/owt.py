@@ -26,7 +26,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -34,6 +33,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from dind.errors import DindError
+from dind.utils import atomic_open, atomic_write
 
 if TYPE_CHECKING:
     import datasets
@@ -148,26 +148,16 @@ def _write_tokens(ds: datasets.Dataset, dest: Path, progress: bool) -> int:
     import pyarrow.compute as pc
     from tqdm import tqdm
 
-    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
     n_tokens = 0
-    try:
-        with (
-            os.fdopen(fd, "wb") as f,
-            tqdm(
-                total=len(ds), unit="doc", desc=f"writing {dest.name}", disable=not progress
-            ) as bar,
-        ):
-            for table in ds.with_format("arrow").iter(batch_size=WRITE_BATCH):
-                flat = pc.list_flatten(table["ids"]).to_numpy(zero_copy_only=False)
-                flat.astype(np.uint16, copy=False).tofile(f)
-                n_tokens += flat.size
-                bar.update(table.num_rows)
-        os.chmod(tmp, 0o644)  # mkstemp makes it owner-only; prepared data is often shared
-        os.replace(tmp, dest)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    with (
+        atomic_open(dest, "wb") as f,
+        tqdm(total=len(ds), unit="doc", desc=f"writing {dest.name}", disable=not progress) as bar,
+    ):
+        for table in ds.with_format("arrow").iter(batch_size=WRITE_BATCH):
+            flat = pc.list_flatten(table["ids"]).to_numpy(zero_copy_only=False)
+            flat.astype(np.uint16, copy=False).tofile(f)
+            n_tokens += flat.size
+            bar.update(table.num_rows)
     return n_tokens
 
 
@@ -292,9 +282,5 @@ def prepare_openwebtext(
         "holdout": holdout,
         "text_field": text_field,
     }
-    fd, tmp = tempfile.mkstemp(dir=out_dir, prefix=f".{META}.", suffix=".part")
-    with os.fdopen(fd, "w") as f:
-        f.write(json.dumps(meta, indent=2) + "\n")
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, out_dir / META)  # last: its presence marks the folder complete
+    atomic_write(out_dir / META, json.dumps(meta, indent=2) + "\n")  # last: marks it complete
     return meta

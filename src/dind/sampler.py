@@ -61,6 +61,9 @@ from dind.samples import Sample
 
 MAX_DRAWS = 10
 """Draws of one stage-1 draft under ``retry_low_entropy`` (BD3-LM's ``num_tries``)."""
+MAX_SAMPLES = 1_000_000
+"""Most sequences one call draws: they are all held in memory (every stage's tokens and
+confidences) until the one file is written."""
 
 
 @dataclass
@@ -337,6 +340,16 @@ def _check_drafts(drafts: list[Sample], indices: list[int], seeds: list[int], cf
     return first
 
 
+def check_counts(num_samples: int, batch_size: int) -> None:
+    """A one-line error for a sample count or batch size that cannot be drawn."""
+    if num_samples <= 0 or batch_size <= 0:
+        raise DindError("num-samples and batch-size must be positive")
+    if num_samples > MAX_SAMPLES:
+        raise DindError(f"num-samples {num_samples:,} is above the limit of {MAX_SAMPLES:,} per "
+                        "call (all are held in memory until the file is written): draw them "
+                        "in parts with other --seed values")  # fmt: skip
+
+
 def sample(
     model: torch.nn.Module,
     cfg: SamplerConfig,
@@ -352,8 +365,7 @@ def sample(
     (the first stages of the same samples, see ``sample_batch``) go on from them."""
     if drafts is not None and len(drafts) != num_samples:
         raise DindError(f"{len(drafts)} drafts for {num_samples} samples")
-    if num_samples <= 0 or batch_size <= 0:
-        raise DindError("num-samples and batch-size must be positive")
+    check_counts(num_samples, batch_size)
     _prefix(cfg.length, bos_id, prompt)  # fail before any work
     model.eval()
     out: list[Sample] = []

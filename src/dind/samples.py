@@ -98,7 +98,11 @@ def read_samples(path: str | Path) -> list[dict[str, Any]]:
     if not path.is_file():
         raise DindError(f"samples file not found: {path}")
     records = []
-    for n, line in enumerate(path.read_text().splitlines(), start=1):
+    for n, raw in enumerate(path.read_bytes().splitlines(), start=1):
+        try:
+            line = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            raise DindError(f"{path} line {n} is not UTF-8 text: not a dind samples file") from None
         if not line.strip():
             continue
         try:

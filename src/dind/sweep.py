@@ -205,7 +205,7 @@ def run_mix_sweep(
     pretrained here at the full length for ``pretrain_steps``), then draw stage 1 and two
     stages (block L, ``gamma``) under every seed and judge them; held-out NELBO at block 4 and
     at L beside. Finished runs in ``out/runs`` are reused."""
-    from dind.checkpoint import load_checkpoint, read_config, resolve
+    from dind.checkpoint import latest_complete, load_checkpoint, read_config, resolve
     from dind.evaluate import heldout_nelbo
     from dind.judges import load_judge
     from dind.train import train
@@ -249,7 +249,7 @@ def run_mix_sweep(
         print(f"training mix {mix.name}: sizes {list(mix.dist.block_sizes)}, "
               f"probabilities {[round(p, 3) for p in mix.dist.probs]}, {steps} steps")  # fmt: skip
         # a finished or killed run resumes (one killed before its first checkpoint starts over)
-        done = (folder / "checkpoint").exists()
+        done = latest_complete(folder / "checkpoint") is not None
         train(run_for(mix.dist, steps), folder, resume=(folder / "run.json").exists(),
               init_from=None if done else start, progress=opts.progress)  # fmt: skip
         nelbo = {key: heldout_nelbo(folder, b, max_batches=nelbo_batches)["nelbo"]

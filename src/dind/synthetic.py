@@ -24,9 +24,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import shutil
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,6 +32,7 @@ import numpy as np
 
 from dind.errors import DindError
 from dind.paths import cache_dir
+from dind.utils import atomic_write, staged_folder
 
 EOT = "<|endoftext|>"
 _CONSONANTS = "bdfgklmnprstvz"
@@ -206,7 +204,7 @@ class HMMMixture:
         return g
 
     def save(self, path: str | Path) -> None:
-        Path(path).write_text(json.dumps(self.to_dict()), encoding="utf-8")
+        atomic_write(path, json.dumps(self.to_dict()))
 
     @classmethod
     def load(cls, path: str | Path) -> HMMMixture:
@@ -242,10 +240,8 @@ def write_corpus(
         raise DindError("write_corpus needs n_docs >= 1 and doc_length >= 1")
     g = HMMMixture.make(generator_seed)
     rng = np.random.default_rng(seed)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    # Build next to the target and rename into place: a crash leaves only a hidden temp folder.
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    try:
+    # Built next to the target and renamed into place: a crash leaves only a hidden temp folder.
+    with staged_folder(out) as tmp:
         g.save(tmp / "generator.json")
         (tmp / "docs").mkdir()
         for i, doc in enumerate(g._sample(n_docs, doc_length, rng)):  # all documents at once
@@ -253,10 +249,6 @@ def write_corpus(
             (tmp / "docs" / f"doc_{i:05d}.txt").write_text(text, encoding="utf-8")
         if out.exists():
             out.rmdir()  # empty (checked above); os.replace cannot replace a directory on all OSes
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out
 
 

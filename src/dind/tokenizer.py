@@ -18,9 +18,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-import os
-import tarfile
-import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -28,7 +25,8 @@ from tokenizers import AddedToken, decoders, models, pre_tokenizers, trainers
 from tokenizers import Tokenizer as HFTokenizer
 
 from dind.errors import DindError
-from dind.paths import cache_dir, pip_download
+from dind.paths import cache_dir
+from dind.utils import FetchError, PackageError, atomic_write, fetch_member
 
 EOT = "<|endoftext|>"
 MASK_TEXT = "[MASK]"
@@ -101,7 +99,7 @@ class Tokenizer:
         """Write ``tokenizer.json`` and a ``tokenizer_config.json`` into ``directory``."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        self.hf.save(str(directory / "tokenizer.json"))
+        atomic_write(directory / "tokenizer.json", self.hf.to_str(pretty=True))  # = hf.save
         config = {
             "tokenizer_class": "PreTrainedTokenizerFast",
             "bos_token": EOT,
@@ -110,7 +108,7 @@ class Tokenizer:
             "model_max_length": 1_000_000,  # positions are the model's business, not ours
             "dind": {"kind": self.kind, "mask_id": self.mask_id},
         }
-        (directory / "tokenizer_config.json").write_text(json.dumps(config, indent=2) + "\n")
+        atomic_write(directory / "tokenizer_config.json", json.dumps(config, indent=2) + "\n")
 
     @classmethod
     def load(cls, directory: str | Path) -> Tokenizer:
@@ -127,9 +125,12 @@ class Tokenizer:
         config = directory / "tokenizer_config.json"
         if config.is_file():
             try:
-                info = json.loads(config.read_text()).get("dind", {})
-            except json.JSONDecodeError:
+                info = json.loads(config.read_text(encoding="utf-8"))
+            except (UnicodeDecodeError, json.JSONDecodeError):
                 raise DindError(f"{config} is not valid JSON") from None
+            info = info.get("dind", {}) if isinstance(info, dict) else None
+            if not isinstance(info, dict):
+                raise DindError(f"{config} is not a tokenizer config (not a JSON object)")
         tok = cls(hf, info.get("kind", "bpe"))
         if "mask_id" in info and info["mask_id"] != tok.mask_id:
             raise DindError(
@@ -154,32 +155,17 @@ def _bytes_to_unicode() -> dict[int, str]:
     return mapping
 
 
-def _write_atomic(dest: Path, data: bytes) -> None:
-    # A unique temp name in the same folder: concurrent writers never share one.
-    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=dest.name + ".", suffix=".part")
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-    os.chmod(tmp, 0o644)  # mkstemp makes it owner-only; a cache may be shared
-    os.replace(tmp, dest)
-
-
 def _fetch_gpt2_ranks(dest: Path) -> None:
     by_hand = f"place {GPT2_RANKS_MEMBER} from the {WHISPER_SDIST} sdist at {dest} by hand"
-    with tempfile.TemporaryDirectory() as tmp:
-        sdist = pip_download(WHISPER_SDIST, tmp, sdist=True)
-        if sdist is None:
-            raise DindError(f"could not fetch the GPT-2 tokenizer file from PyPI; {by_hand}")
-        try:
-            with tarfile.open(sdist) as tar:
-                member = next(m for m in tar.getmembers() if m.name.endswith(GPT2_RANKS_MEMBER))
-                data = tar.extractfile(member).read()
-        except (StopIteration, tarfile.TarError, AttributeError):
-            raise DindError(
-                f"{WHISPER_SDIST} sdist has no {GPT2_RANKS_MEMBER}; {by_hand}"
-            ) from None
-    if hashlib.sha256(data).hexdigest() != GPT2_RANKS_SHA256:
-        raise DindError(f"{GPT2_RANKS_MEMBER} from {WHISPER_SDIST} has an unexpected sha256")
-    _write_atomic(dest, data)
+    try:
+        fetch_member("pip", WHISPER_SDIST, GPT2_RANKS_MEMBER, dest, sdist=True,
+                     sha256=GPT2_RANKS_SHA256)  # fmt: skip
+    except PackageError as e:
+        raise DindError(f"{WHISPER_SDIST} sdist: {e}; {by_hand}") from None
+    except FetchError as e:
+        raise DindError(
+            f"could not fetch the GPT-2 tokenizer file from PyPI ({e}); {by_hand}"
+        ) from None
 
 
 def gpt2_ranks_file() -> Path:
@@ -245,7 +231,7 @@ def gpt2_tokenizer() -> Tokenizer:
     built = cache_dir() / "gpt2" / "tokenizer.json"
     if not built.exists():
         hf = _gpt2_from_ranks(_read_ranks(gpt2_ranks_file()))
-        _write_atomic(built, hf.to_str().encode())
+        atomic_write(built, hf.to_str())
     tok = Tokenizer(HFTokenizer.from_file(str(built)), "gpt2")
     if (tok.eos_id, tok.mask_id) != (GPT2_EOT_ID, GPT2_EOT_ID + 1):
         raise DindError(f"{built} is not GPT-2's tokenizer; delete it to rebuild")

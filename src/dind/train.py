@@ -264,7 +264,8 @@ def _check_folder(run: RunConfig, out: Path, resume: bool) -> bool:
     """Whether ``out`` holds a checkpoint to resume from. A fresh run needs a folder holding
     no run; ``--resume`` one whose ``run.json`` matches ``run`` except in
     ``RESUMABLE_CHANGES`` (without a checkpoint yet it starts over from step 0)."""
-    has_checkpoint = (out / "checkpoint").exists()
+    # a save killed between its renames leaves a complete hidden copy: that counts
+    has_checkpoint = ckpt.latest_complete(out / "checkpoint") is not None
     if not resume:
         if has_checkpoint:
             raise DindError(f"{out} already holds a run; pass --resume or choose another --out")
