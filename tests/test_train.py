@@ -12,8 +12,9 @@ from dind import checkpoint as ckpt
 from dind.config import BlockSizeDistribution
 from dind.errors import DindError
 from dind.loss import bd3_loss
+from dind.metrics import read_metrics
 from dind.model import DiT
-from dind.train import read_metrics, train
+from dind.train import train
 from helpers import tiny_run, write_corpus
 
 pytestmark = pytest.mark.usefixtures("isolated_cache")

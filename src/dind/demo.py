@@ -21,11 +21,12 @@ from dind import grid, results
 from dind.checkpoint import load_checkpoint
 from dind.config import tiny
 from dind.frontier import STAGE1
+from dind.metrics import read_metrics
 from dind.report import write_report
 from dind.samples import file_name, from_record, read_samples
 from dind.show import render_sample
 from dind.sweep import draw_and_judge
-from dind.train import read_metrics, train
+from dind.train import train
 
 GAMMAS = (0.25, 0.5, 0.75, 1.0)
 MAIN_GAMMA = 0.5

@@ -27,7 +27,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import os
 import shutil
 import sys
 import time
@@ -41,58 +40,22 @@ import torch.distributed as dist
 from tqdm import tqdm
 
 from dind import checkpoint as ckpt
-from dind import noise
+from dind import metrics, noise
 from dind.config import RunConfig
 from dind.data import TokenRows, batch_indices, load_corpus, prepare_data, tokenized_folder
 from dind.devices import to_device
+from dind.distributed import Process, replica_divergence, seed_step
+from dind.ema import EMA
 from dind.errors import DindError
 from dind.evaluate import mean_nelbo
 from dind.loss import LossOutput, ar_loss, bd3_loss
+from dind.metrics import METRICS
 from dind.mixed_scale import sample_block_sizes
 from dind.model import DiT
 from dind.tokenizer import Tokenizer, get_tokenizer
 from dind.utils import atomic_write
 
 RUN_CONFIG = "run.json"
-METRICS = "metrics.jsonl"
-
-
-class EMA:
-    """Exponential moving average of parameters with BD3-LM's warm-up of the decay."""
-
-    def __init__(self, model: torch.nn.Module, decay: float):
-        self.decay = decay
-        self.num_updates = 0
-        self.shadow = [p.detach().clone() for p in model.parameters()]
-
-    @torch.no_grad()
-    def update(self, model: torch.nn.Module) -> None:
-        self.num_updates += 1
-        decay = min(self.decay, (1 + self.num_updates) / (10 + self.num_updates))
-        for s, p in zip(self.shadow, model.parameters(), strict=True):
-            s.lerp_(p.detach(), 1.0 - decay)
-
-    @torch.no_grad()
-    def swap(self, model: torch.nn.Module) -> None:
-        """Exchange the model's weights with the shadow (call twice to restore)."""
-        for s, p in zip(self.shadow, model.parameters(), strict=True):
-            tmp = p.detach().clone()
-            p.copy_(s)
-            s.copy_(tmp)
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.num_updates = int(state["num_updates"])
-        for s, v in zip(self.shadow, state["shadow"], strict=True):
-            s.copy_(v)
-
-
-def _dist_env() -> tuple[int, int, int]:
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    return int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0")), world
-
-
-def _seed_step(seed: int, step: int, rank: int) -> None:
-    torch.manual_seed((seed * 1_000_003 + step * 7_919 + rank * 104_729) % (2**63))
 
 
 def _config_diff(a: dict, b: dict, prefix: str = "") -> list[str]:
@@ -226,31 +189,6 @@ def _build_tokenizer(run: RunConfig, out: Path, rank: int, world: int) -> Tokeni
 # ----------------------------------------------------------------------------- set-up
 
 
-@dataclass(frozen=True)
-class _Process:
-    """This process's place in a data-parallel run (rank 0 of 1 without torchrun)."""
-
-    rank: int
-    local_rank: int
-    world: int
-    device: torch.device
-
-    @classmethod
-    def join(cls) -> _Process:
-        """Join torchrun's process group (gloo on CPU, NCCL on CUDA) and take this rank's device."""
-        rank, local_rank, world = _dist_env()
-        if world > 1 and not dist.is_initialized():
-            dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
-        device = torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
-        if device.type == "cuda":
-            torch.cuda.set_device(device)
-        return cls(rank, local_rank, world, device)
-
-    def barrier(self) -> None:
-        if self.world > 1:
-            dist.barrier()
-
-
 def _resolved(run: RunConfig, vocab_size: int, mask_id: int) -> RunConfig:
     """A copy of ``run`` completed as it trains: the vocabulary and mask id of its tokenizer,
     causal attention for the AR objective (``run`` itself is left as it is)."""
@@ -293,7 +231,7 @@ def _check_folder(run: RunConfig, out: Path, resume: bool) -> bool:
 
 
 def _prepare(
-    run: RunConfig, out: Path, proc: _Process, init_from: str | Path | None
+    run: RunConfig, out: Path, proc: Process, init_from: str | Path | None
 ) -> tuple[RunConfig, ckpt.Checkpoint | None, Tokenizer, TokenRows, TokenRows]:
     """The resolved run, the checkpoint fine-tuned from (or None), the tokenizer and the train
     and held-out rows; writes ``tokenizer/`` and ``run.json``. A failure leaves no run folder
@@ -327,7 +265,7 @@ def _prepare(
 
 
 def _set_up(
-    run: RunConfig, out: Path, proc: _Process, resume: bool, init_from: str | Path | None
+    run: RunConfig, out: Path, proc: Process, resume: bool, init_from: str | Path | None
 ) -> _Trainer:
     """Everything the loop needs, from scratch, a checkpoint fine-tuned from or the training
     state resumed from."""
@@ -357,7 +295,7 @@ def _set_up(
     if resume and proc.rank == 0:  # records after the state resumed from are redone
         if state is None:
             print(f"{out} has no checkpoint yet: starting over from step 0", file=sys.stderr)
-        _truncate_metrics(out / METRICS, start if state is not None else None)
+        metrics.truncate(out / METRICS, start if state is not None else None)
     net = torch.compile(model) if tc.compile else model
     if proc.world > 1:
         net = torch.nn.parallel.DistributedDataParallel(
@@ -394,7 +332,7 @@ class _Trainer:
 
     run: RunConfig
     out: Path
-    proc: _Process
+    proc: Process
     tokenizer: Tokenizer
     train_rows: TokenRows
     val_rows: TokenRows
@@ -451,7 +389,7 @@ class _Trainer:
     def step(self, step: int) -> tuple[float, torch.Tensor, int]:
         """One optimizer step: its loss, the gradient norm before clipping, the tokens seen."""
         tc, proc = self.run.train, self.proc
-        _seed_step(tc.seed, step, proc.rank)
+        seed_step(tc.seed, step, proc.rank)
         # A micro-step never waits for the device: the batch goes over pinned and asynchronous,
         # the block sizes stay on the CPU (the host plans the noise and the mask from them), and
         # the loss adds up on the device in float64 (the sum Python's floats gave), read once
@@ -535,7 +473,7 @@ class _Trainer:
 
     def log(self, record: dict[str, Any]) -> None:
         if self.proc.rank == 0:
-            _append_record(self.out / METRICS, record)
+            metrics.append(self.out / METRICS, record)
 
 
 # ----------------------------------------------------------------------------- the run
@@ -550,79 +488,12 @@ def train(
 ) -> dict[str, Any]:
     """Train ``run`` into ``out_dir`` (on every rank under torchrun); returns the last metrics
     record. ``run`` is not changed: the run folder's ``run.json`` holds it as trained."""
-    proc = _Process.join()
+    proc = Process.join()
     trainer = _set_up(run, Path(out_dir), proc, resume, init_from)
     last = trainer.fit(progress)
     if proc.world > 1:
-        diff = _replica_divergence(trainer.model)
+        diff = replica_divergence(trainer.model)
         last = {**last, "replica_max_abs_diff": diff}
         trainer.log({"step": trainer.run.train.max_steps, "replica_max_abs_diff": diff})
         dist.destroy_process_group()
     return last
-
-
-@torch.no_grad()
-def _replica_divergence(model: torch.nn.Module) -> float:
-    """Largest |w_rank - w_rank0| over all weights and ranks (0.0 when DDP keeps them equal)."""
-    flat = torch.cat([p.detach().flatten().float() for p in model.parameters()])
-    ref = flat.clone()
-    dist.broadcast(ref, 0)
-    diff = (flat - ref).abs().max()
-    dist.all_reduce(diff, op=dist.ReduceOp.MAX)
-    return float(diff)
-
-
-# ----------------------------------------------------------------------------- metrics.jsonl
-
-
-def _strict(value: Any) -> Any:
-    """``value`` with every non-finite float as None: strict JSON has no NaN or Infinity."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _strict(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_strict(v) for v in value]
-    return value
-
-
-def _append_record(path: Path, record: dict[str, Any]) -> None:
-    """One line of strict JSON at the end of ``path`` (a kill mid-write leaves a partial last
-    line, which ``_read_records`` sets aside)."""
-    with open(path, "a", encoding="utf-8") as f:
-        f.write(json.dumps(_strict(record), allow_nan=False) + "\n")
-
-
-def _read_records(path: Path) -> tuple[list[tuple[str, dict[str, Any]]], str]:
-    """Each complete line of ``path`` with its record, and the unterminated last line ("" if
-    none): what a kill during a write leaves. Any other line that is not a record is an error."""
-    *lines, partial = path.read_text(encoding="utf-8").split("\n")
-    out = []
-    for n, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
-            record = None
-        if not isinstance(record, dict) or not isinstance(record.get("step"), int):
-            raise DindError(f"{path} line {n} is not a metrics record; repair or delete it")
-        out.append((line, record))
-    return out, partial
-
-
-def _truncate_metrics(path: Path, step: int | None) -> None:
-    """Keep the records up to ``step`` (None: none), rewritten atomically: those after the
-    checkpoint resumed from are redone. A partial last line is dropped, and said so."""
-    if not path.exists():
-        return
-    lines, partial = _read_records(path)
-    if partial:
-        print(f"{path}: dropped a partial last line (a write cut short)", file=sys.stderr)
-    keep = [line for line, record in lines if step is not None and record["step"] <= step]
-    atomic_write(path, "".join(line + "\n" for line in keep))
-
-
-def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
-    """The records of a run folder's ``metrics.jsonl`` (a partial last line left out)."""
-    return [record for _, record in _read_records(Path(run_dir) / METRICS)[0]]
