@@ -54,3 +54,47 @@ def test_top_p_one_samples_the_full_distribution():
         assert _support(probs, 1.0, rule, draws=2000) == {0, 1, 2, 3}
     with pytest.raises(ValueError, match="unknown nucleus rule"):
         nucleus_keep(torch.tensor([1.0], dtype=torch.float64), 0.5, "topk")
+
+
+def _reference_sample(probs, top_p, generator, rule):
+    """The nucleus draw one row at a time, written plainly: the brute force ``draw`` batches."""
+    p = probs.clone()
+    if top_p < 1.0:
+        sorted_p, order = probs.sort(descending=True, stable=True)
+        cum, keep = 0.0, []
+        for i, q in enumerate(sorted_p.tolist()):
+            before, cum = cum, cum + q
+            keep.append(i == 0 or (cum <= top_p if rule == "bd3lm" else before < top_p))
+        p = torch.zeros_like(probs)
+        for i, k in enumerate(keep):
+            if k:
+                p[order[i]] = sorted_p[i]
+        p = p / p.sum()
+    e = torch.empty_like(p).exponential_(generator=generator)
+    token = int(torch.argmax(p / e))
+    return token, float(p[token])
+
+
+@pytest.mark.parametrize("rule", ["bd3lm", "hf"])
+@pytest.mark.parametrize("top_p", [0.5, 0.9, 1.0])
+def test_batched_draw_is_the_per_row_draw(rule, top_p):
+    """Each row of ``draw`` is the row drawn alone with its own generator; a generator listed
+    twice draws twice, in order; the batch does not change any row."""
+    from dind.denoise import draw
+
+    torch.manual_seed(0)
+    probs = torch.softmax(torch.randn(6, 50, dtype=torch.float64) * 3, -1)
+    owners = [0, 1, 1, 2, 0, 3]  # rows 1, 2 share generator 1; rows 0, 4 generator 0
+
+    def gens():
+        return [torch.Generator().manual_seed(100 + g) for g in range(4)]
+
+    g = gens()
+    tokens, p = draw(probs, top_p, [g[o] for o in owners], rule)
+    g = gens()
+    expected = [_reference_sample(probs[n], top_p, g[o], rule) for n, o in enumerate(owners)]
+    assert tokens.tolist() == [t for t, _ in expected]
+    assert p.tolist() == pytest.approx([q for _, q in expected], rel=1e-12)
+    g = gens()  # rows 3 and 5 alone: the same tokens as in the batch
+    alone, _ = draw(probs[[3, 5]], top_p, [g[2], g[3]], rule)
+    assert alone.tolist() == [tokens[3].item(), tokens[5].item()]
