@@ -32,7 +32,7 @@ Design choices:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
@@ -40,6 +40,7 @@ from torch import Tensor
 from dind.attention import block_causal_mask
 from dind.kv_cache import KVCache
 from dind.model import NEG_INF
+from dind.parallel import Parallel
 
 
 @dataclass
@@ -169,6 +170,7 @@ class DenoiseSettings:
     confidence: str = "model"  # "model" (untruncated) | "nucleus"
     sampler: str = "first_hitting"  # | "ancestral"
     steps: int | None = None  # T for the ancestral sampler (default: the block size)
+    parallel: Parallel = field(default_factory=Parallel)  # positions per first-hitting call
 
 
 def _commit(x, conf, rows, cols, probs, s: DenoiseSettings, generators) -> None:
@@ -195,8 +197,10 @@ def denoise_block(
 ) -> None:
     """Fill every masked position of block [start, end) in place; ``conf`` gets the snapshot
     confidence of each committed token, ``nfe`` (B,) the calls charged to each sample."""
-    if settings.sampler == "first_hitting":
+    if settings.sampler == "first_hitting" and settings.parallel.one_per_call:
         _first_hitting(view, x, conf, start, end, settings, generators, nfe)
+    elif settings.sampler == "first_hitting":
+        _parallel(view, x, conf, start, end, settings, generators, nfe)
     elif settings.sampler == "ancestral":
         _ancestral(view, x, conf, start, end, settings, generators, nfe)
     else:
@@ -222,6 +226,68 @@ def _first_hitting(view, x, conf, start, end, s, generators, nfe) -> None:
         _commit(x, conf, idx, start + j, probs, s, [generators[r] for r in rows])
         masked[idx, j] = False
         nfe[idx] += 1
+
+
+def _parallel(view, x, conf, start, end, s, generators, nfe) -> None:
+    """Each call commits several masked positions per sample (``dind.parallel``): K chosen
+    uniformly, the K the prediction is most confident about, or those whose drawn token
+    reaches tau (at least one)."""
+    par = s.parallel
+    masked = x[:, start:end] == s.mask_id  # (B, bs)
+    while masked.any():
+        rows = torch.nonzero(masked.any(1)).flatten().tolist()
+        # the positions each row asks logits for: its uniform picks, or all its masked ones
+        asked = {}
+        for r in rows:
+            candidates = torch.nonzero(masked[r]).flatten()
+            if par.pick == "uniform":
+                g = generators[r]
+                order = torch.randperm(len(candidates), generator=g, device=g.device)
+                candidates = candidates[order[: par.k].to(candidates.device)]
+            asked[r] = candidates
+        width = max(len(c) for c in asked.values())
+        index = torch.zeros(x.shape[0], width, dtype=torch.long, device=x.device)
+        for r, c in asked.items():  # padded with the row's first position (not committed)
+            index[r, : len(c)], index[r, len(c) :] = c, c[0]
+        logits = view.logits(x, start, end, index=index)  # (B, width, V)
+        commit_rows, commit_cols, commit_probs, gens = [], [], [], []
+        for r, c in asked.items():
+            probs = token_probs(logits[r, : len(c)], s.mask_id)  # (n, V)
+            if par.pick == "top":  # the k largest top-token probabilities, earlier on ties
+                best = probs.max(-1).values.sort(descending=True, stable=True).indices
+                keep = best[: par.k].sort().values
+                tokens = None
+            elif par.pick == "tau":  # only a position whose top token reaches tau can pass
+                top = probs.max(-1).values
+                keep = torch.nonzero(top >= par.tau).flatten()
+                if len(keep) == 0:
+                    keep = top.argmax().reshape(1)
+                tokens, _ = draw(probs[keep], s.top_p, [generators[r]] * len(keep), s.nucleus)
+                drawn_p = probs[keep].gather(-1, tokens[:, None])[:, 0]
+                passed = drawn_p >= par.tau
+                if not passed.any():  # at least one per call: the most confident position
+                    passed[top[keep].argmax()] = True
+                keep, tokens = keep[passed], tokens[passed]
+            else:
+                keep, tokens = torch.arange(len(c), device=probs.device), None
+            commit_rows += [r] * len(keep)
+            commit_cols.append(c[keep.to(c.device)])
+            commit_probs.append((probs[keep], tokens))
+            gens += [generators[r]] * len(keep)
+        cols = torch.cat(commit_cols)
+        r_idx = torch.tensor(commit_rows, device=x.device)
+        probs = torch.cat([p for p, _ in commit_probs])
+        drawn = [t for _, t in commit_probs]
+        if all(t is None for t in drawn):  # uniform and top draw their tokens here
+            _commit(x, conf, r_idx, start + cols, probs, s, gens)
+        else:  # tau drew them to apply its rule: commit those draws
+            tokens = torch.cat(drawn)
+            x[r_idx, start + cols] = tokens
+            p_nucleus = nucleus_probs(probs, s.top_p, s.nucleus).gather(-1, tokens[:, None])[:, 0]
+            p_model = probs.gather(-1, tokens[:, None])[:, 0]
+            conf[r_idx, start + cols] = p_nucleus if s.confidence == "nucleus" else p_model
+        masked[r_idx, cols] = False
+        nfe[torch.tensor(rows, device=nfe.device)] += 1
 
 
 def _ancestral(view, x, conf, start, end, s, generators, nfe) -> None:

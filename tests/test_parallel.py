@@ -1,0 +1,138 @@
+"""Parallel decoding (``dind.parallel``): several masked positions per denoiser call."""
+
+import pytest
+import torch
+
+from dind.denoise import BlockView, DenoiseSettings, denoise_block, token_probs
+from dind.errors import DindError
+from dind.parallel import Parallel
+
+MASK, V, L = 12, 13, 24
+
+
+class Recorder(torch.nn.Module):
+    """Logits a fixed function of every visible (token, position) pair; each call's input and
+    the logits it returned are recorded, so a test can replay what the sampler saw."""
+
+    def __init__(self):
+        super().__init__()
+        self.anchor = torch.nn.Parameter(torch.zeros(()))
+        self.calls = []
+
+    def forward(self, x, mask=None, logit_index=None, **_):
+        B, T = x.shape
+        pos = torch.arange(T, dtype=torch.float64)
+        feat = ((x.double() + 1) * (pos + 1)).sum(-1, keepdim=True)  # (B, 1): the whole input
+        vocab = torch.arange(V, dtype=torch.float64)
+        logits = 6 * torch.cos(feat[..., None] * 0.013 + vocab * 1.7 + pos[:, None] * 0.29)
+        if logit_index is not None:
+            logits = logits.gather(1, logit_index[..., None].expand(-1, -1, V))
+        self.calls.append((x.clone(), None if logit_index is None else logit_index.clone(), logits))
+        return logits.float()
+
+
+def fill(parallel: Parallel, B: int = 3, masked_from: int = 1, **settings):
+    """Fill positions masked_from.. of B rows in one block of L with ``parallel``."""
+    model = Recorder()
+    x = torch.randint(0, MASK, (B, L), generator=torch.Generator().manual_seed(0))
+    x[:, masked_from:] = MASK
+    conf = torch.zeros(B, L, dtype=torch.float64)
+    nfe = torch.zeros(B, dtype=torch.long)
+    gens = [torch.Generator().manual_seed(10 + r) for r in range(B)]
+    s = DenoiseSettings(MASK, parallel=parallel, **settings)
+    denoise_block(BlockView(model, L, None), x, conf, 0, L, s, gens, nfe)
+    return model, x, conf, nfe
+
+
+def committed_per_call(model):
+    """For each call: the positions of each row that were masked before it and not after."""
+    xs = [c[0] for c in model.calls]
+    after = xs[1:]
+    return [
+        (xs[c] == MASK) & (after[c] != MASK) if c < len(after) else None for c in range(len(xs))
+    ]
+
+
+@pytest.mark.parametrize("spec", ["1", "3", "top:3", "tau:0.5", "tau:1.0", "top:100", "100"])
+def test_every_token_keeps_the_probability_of_the_call_that_committed_it(spec):
+    par = Parallel.parse(spec)
+    model, x, conf, nfe = fill(par)
+    assert (x != MASK).all()
+    xs = [c[0] for c in model.calls] + [x]
+    for c, (before, index, logits) in enumerate(model.calls):
+        new = (before == MASK) & (xs[c + 1] != MASK)  # (B, L) committed by call c
+        for r, j in torch.nonzero(new).tolist():
+            row = logits[r, j] if index is None else logits[r, index[r].tolist().index(j)]
+            p = token_probs(row.float(), MASK)
+            assert conf[r, j].item() == pytest.approx(p[x[r, j]].item(), rel=1e-6)
+        per_row = new.sum(1)
+        if par.pick in ("uniform", "top"):  # k per call, fewer at the end
+            remaining = (before == MASK).sum(1)
+            assert per_row.tolist() == torch.minimum(remaining, torch.tensor(par.k)).tolist()
+        else:  # at least one per call for every row still masked, one each at tau = 1
+            active = (before == MASK).any(1)
+            assert (per_row[active] >= 1).all() and (per_row[~active] == 0).all()
+            if par.tau == 1.0:
+                assert (per_row[active] == 1).all()
+    calls = [sum(bool((b[r] == MASK).any()) for b, _, _ in model.calls) for r in range(3)]
+    assert nfe.tolist() == calls  # one NFE per call a row took part in
+
+
+def test_tau_commits_exactly_the_draws_that_reach_it():
+    """Every call of tau:0.5 commits the positions whose drawn token has probability >= 0.5,
+    or one position when none does; more than one per call happens."""
+    model, x, conf, nfe = fill(Parallel.parse("tau:0.5"))
+    xs = [c[0] for c in model.calls] + [x]
+    several = 0
+    for c, (before, index, logits) in enumerate(model.calls):
+        for r in range(3):
+            new = torch.nonzero((before[r] == MASK) & (xs[c + 1][r] != MASK)).flatten().tolist()
+            at = index[r].tolist()
+            probs = [token_probs(logits[r, at.index(j)].float(), MASK)[x[r, j]].item() for j in new]
+            assert len(new) == 1 or all(p >= 0.5 - 1e-9 for p in probs)
+            several += len(new) > 1
+    assert several > 0
+    assert (nfe < L - 1).all()  # fewer calls than tokens
+
+
+def test_more_positions_than_masked_finish_in_one_call():
+    for spec in ("100", "top:100"):
+        model, x, conf, nfe = fill(Parallel.parse(spec), masked_from=4)
+        assert (x != MASK).all() and nfe.tolist() == [1, 1, 1] and len(model.calls) == 1
+
+
+def test_one_per_call_is_bd3lm_first_hitting():
+    """The default rule is the first-hitting sampler itself: same tokens, one call each."""
+    _, x1, c1, n1 = fill(Parallel())
+    _, x2, c2, n2 = fill(Parallel.parse("1"))
+    assert torch.equal(x1, x2) and torch.equal(c1, c2) and n1.tolist() == [L - 1] * 3
+
+
+def test_rows_do_not_depend_on_the_batch():
+    _, x, conf, _ = fill(Parallel.parse("tau:0.3"))
+    model = Recorder()
+    one = x[1:2].clone()
+    one[:, 1:] = MASK
+    c1, n1 = torch.zeros(1, L, dtype=torch.float64), torch.zeros(1, dtype=torch.long)
+    s = DenoiseSettings(MASK, parallel=Parallel.parse("tau:0.3"))
+    denoise_block(
+        BlockView(model, L, None), one, c1, 0, L, s, [torch.Generator().manual_seed(11)], n1
+    )
+    assert torch.equal(one[0], x[1]) and torch.equal(c1[0], conf[1])
+
+
+@pytest.mark.parametrize(
+    ("spec", "msg"),
+    [
+        ("0", "at least 1"),
+        ("top:0", "at least 1"),
+        ("tau:0", r"\(0, 1\]"),
+        ("tau:1.5", r"\(0, 1\]"),
+        ("x", "write K, top:K or tau:X"),
+        ("tau:", "write K"),
+        ("top:2.5", "write K"),
+    ],
+)
+def test_bad_parallel_settings_are_one_line_errors(spec, msg):
+    with pytest.raises(DindError, match=msg):
+        Parallel.parse(spec)
