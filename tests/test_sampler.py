@@ -10,11 +10,12 @@ import pytest
 import torch
 
 from dind import remask
+from dind.config import SamplerConfig
 from dind.denoise import DenoiseSettings
 from dind.errors import DindError
 from dind.kv_cache import KVCache
 from dind.model import DiT
-from dind.sampler import SamplerConfig, ar_generate, run_stage, sample, sample_seed
+from dind.sampler import ar_generate, run_stage, sample, sample_seed
 from dind.samples import to_record
 from helpers import SwitchDenoiser, random_dit, tiny_run, write_corpus
 
