@@ -176,10 +176,12 @@ def sample(
     ck = load_checkpoint(checkpoint, device)
     cfg = SamplerConfig(**{"length": ck.run_config.model.seq_len, **settings})
     tok = ck.tokenizer
+    ids = {"bos_id": tok.bos_id, "mask_id": tok.mask_id}
     prompt_ids = tok.encode(prompt) if prompt else None
     with sampling_precision(device, dtype):
-        samples = run_sample(ck.model, cfg, num_samples, batch_size, tok.bos_id, tok.mask_id,
-                             prompt_ids, progress=progress)  # fmt: skip
+        samples = run_sample(
+            ck.model, cfg, num_samples, batch_size, **ids, prompt=prompt_ids, progress=progress
+        )
     write_samples(out, samples, tok, cfg)
     if show:
         from dind.show import render_sample
@@ -255,11 +257,14 @@ def eval_(
     from dind import evaluate
 
     if samples is not None and checkpoint is not None:
-        raise DindError(f"give a samples file to judge or --checkpoint for held-out NELBO, not "
-                        f"both ({samples} and --checkpoint {checkpoint})")  # fmt: skip
+        raise DindError(
+            f"give a samples file to judge or --checkpoint for held-out NELBO, not "
+            f"both ({samples} and --checkpoint {checkpoint})"
+        )
     if max_batches is not None and max_batches < 1:
-        raise DindError(f"--max-batches must be at least 1 (leave it out for all), got "
-                        f"{max_batches}")  # fmt: skip
+        raise DindError(
+            f"--max-batches must be at least 1 (leave it out for all), got {max_batches}"
+        )
     if out is not None:
         check_writable_file(out)
     if mauve and checkpoint is not None:
@@ -268,11 +273,14 @@ def eval_(
         raise DindError("--mauve needs --reference: a dind run (its corpus) or a corpus")
     seeds = parse_list(mauve_seeds, int, "--mauve-seeds")
     if checkpoint is not None:
-        result = evaluate.heldout_nelbo(checkpoint, block_size, data, max_batches,
-                                        progress=progress)  # fmt: skip
-        typer.echo(f"held-out {'NLL' if result['objective'] == 'ar' else 'NELBO'} "
-                   f"{result['nelbo']:.4f} nats/token (ppl <= {result['ppl_bound']:.2f}) over "
-                   f"{result['tokens']} tokens, block size {result['block_size']}")  # fmt: skip
+        result = evaluate.heldout_nelbo(
+            checkpoint, block_size, data, max_batches, progress=progress
+        )
+        typer.echo(
+            f"held-out {'NLL' if result['objective'] == 'ar' else 'NELBO'} "
+            f"{result['nelbo']:.4f} nats/token (ppl <= {result['ppl_bound']:.2f}) over "
+            f"{result['tokens']} tokens, block size {result['block_size']}"
+        )
     else:
         if samples is None:
             raise DindError("give a samples file, or --checkpoint for held-out NELBO")
@@ -341,8 +349,15 @@ def report(
         t, p = report_parts(folder)
         tables += t
         plots += p
-    path = write_report(out, title=title, samples=records, tokenizer=load_tokenizer(checkpoint),
-                        tables=tables, plots=plots, max_samples=max_samples)  # fmt: skip
+    path = write_report(
+        out,
+        title=title,
+        samples=records,
+        tokenizer=load_tokenizer(checkpoint),
+        tables=tables,
+        plots=plots,
+        max_samples=max_samples,
+    )
     typer.echo(f"wrote {path}")
 
 
@@ -353,14 +368,14 @@ def frontier(
         typer.Argument(
             help="Sweep records (`topp.json`, or its folder): each file's stage 1 "
             "is the reference curve of its other settings."
-        ),  # fmt: skip
+        ),
     ] = None,
     reference: Annotated[
         list[Path] | None,
         typer.Option(
             help="Reference points (repeatable): sweep records or `dind eval --out` "
             "files; together they make the curve."
-        ),  # fmt: skip
+        ),
     ] = None,
     candidate: Annotated[
         list[Path] | None,
@@ -373,7 +388,7 @@ def frontier(
         str | None,
         typer.Option(
             help="Series of a sweep record to compare (default: all but the reference series)."
-        ),  # fmt: skip
+        ),
     ] = None,
     out: Annotated[Path | None, typer.Option(help="Write the gaps as JSON here.")] = None,
 ) -> None:
@@ -392,8 +407,7 @@ def frontier(
         for path in sweeps:
             r, c = fr.split_record(path, reference_series, candidate_series)
             for s in fr.compare(r, c):
-                result.append({**s, "setting": f"{path}: {s['setting']}"} if len(sweeps) > 1
-                              else s)  # fmt: skip
+                result.append({**s, "setting": f"{path}: {s['setting']}"} if len(sweeps) > 1 else s)
             ref += r
     else:
         ref = fr.select(reference, reference_series)
@@ -401,8 +415,9 @@ def frontier(
         result = fr.compare(ref, cands)
     typer.echo(fr.format_gaps(result, ref))
     if out is not None:
-        write_json(out, {"reference": [str(p) for p in (reference or sweeps)],
-                          "reference_series": reference_series, "gaps": result})  # fmt: skip
+        sources = [str(p) for p in (reference or sweeps)]
+        gaps = {"reference": sources, "reference_series": reference_series, "gaps": result}
+        write_json(out, gaps)
 
 
 @app.command()

@@ -61,9 +61,11 @@ def data_openwebtext(
 
     check_writable_dir(out)
     meta = prepare_openwebtext(source, out, seq_len, holdout, num_proc, text_field)
-    typer.echo(f"wrote {out}: {meta['n_tokens']['train']} training and "
-               f"{meta['n_tokens']['val']} held-out tokens; train with --corpus {out} "
-               "--tokenizer gpt2")  # fmt: skip
+    typer.echo(
+        f"wrote {out}: {meta['n_tokens']['train']} training and "
+        f"{meta['n_tokens']['val']} held-out tokens; train with --corpus {out} "
+        "--tokenizer gpt2"
+    )
 
 
 @data_app.command("english")
