@@ -566,14 +566,20 @@ def test_building_the_command_line_imports_no_torch():
 # invocations
 
 
-def readme_commands() -> list[list[str]]:
-    """Every ``dind`` command in README.md's code blocks, as arguments; a README ``...`` leaves
-    out required options, which get placeholders; ``a|b`` gives a command per choice."""
-    text = (REPO / "README.md").read_text()
-    blocks = re.findall(r"```bash\n(.*?)```", text, re.S)
-    lines = "\n".join(textwrap.dedent(b) for b in blocks).replace("\\\n", " ").splitlines()
+def doc_commands(doc: str) -> list[list[str]]:
+    """Every ``dind`` command in a document's code blocks, as arguments; a ``...`` leaves out
+    required options, which get placeholders; ``a|b`` gives a command per choice."""
+    code, inside = [], False
+    for line in (REPO / doc).read_text().splitlines():
+        if line.strip().startswith("```"):
+            inside = not inside
+        elif inside:
+            code.append(line.strip())
+    lines = "\n".join(code).replace("\\\n", " ").splitlines()
     out = []
     for line in lines:
+        if not line.startswith(("dind ", "torchrun ")):  # other blocks: tables, Python
+            continue
         words = shlex.split(line, comments=True)
         if "dind.cli" in words:
             words = ["dind", *words[words.index("dind.cli") + 1 :]]
@@ -649,9 +655,9 @@ def recorded_commands(tmp_path: Path, script: str, *args: str) -> list[list[str]
 
 
 def test_every_documented_invocation_parses(tmp_path):
-    """README.md's commands and those runs/*.sh run parse: the flags exist, the values have
-    their types and choices, the generated lists convert."""
-    commands = {"README.md": readme_commands()}
+    """The commands README.md and docs/results.md show and those runs/*.sh run parse: the
+    flags exist, the values have their types and choices, the generated lists convert."""
+    commands = {doc: doc_commands(doc) for doc in ("README.md", "docs/results.md")}
     commands["scale.sh"] = dry_run_commands(
         "scale.sh", "base", str(tmp_path / "s"), TRAIN_SEEDS="0"
     )
@@ -660,7 +666,8 @@ def test_every_documented_invocation_parses(tmp_path):
     commands["remask_ablation.sh"] = recorded_commands(
         tmp_path / "a", "remask_ablation.sh", "ck", "smollm2", "out"
     )
-    assert len(commands["README.md"]) >= 25 and len(commands["results.sh"]) >= 15
+    assert len(commands["README.md"]) >= 25 and len(commands["docs/results.md"]) >= 15
+    assert len(commands["results.sh"]) >= 15
     assert all(commands.values())
     seen = set()
     for where, argvs in commands.items():
