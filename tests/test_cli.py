@@ -19,12 +19,12 @@ import torch
 
 from dind import checkpoint as ckpt
 from dind.cli import main
-from dind.config import ModelConfig, RunConfig, TrainConfig
+from dind.config import ModelConfig, RunConfig, SamplerConfig, TrainConfig
 from dind.errors import DindError
 from dind.evaluate import heldout_nelbo
 from dind.judges import JudgeScore
 from dind.model import DiT
-from dind.sampler import MAX_SAMPLES, SamplerConfig
+from dind.sampler import MAX_SAMPLES
 from dind.samples import Sample, read_samples, write_samples
 from dind.tokenizer import train_bpe
 from dind.utils import write_json

@@ -10,11 +10,12 @@ import pytest
 import torch
 
 from dind import remask
+from dind.config import SamplerConfig
 from dind.denoise import DenoiseSettings
 from dind.errors import DindError
 from dind.kv_cache import KVCache
 from dind.model import DiT
-from dind.sampler import SamplerConfig, ar_generate, run_stage, sample, sample_seed
+from dind.sampler import ar_generate, run_stage, sample, sample_seed
 from dind.samples import to_record
 from helpers import SwitchDenoiser, random_dit, tiny_run, write_corpus
 
@@ -280,7 +281,7 @@ def test_cli_retry_low_entropy(trained_run):
         (["--stages", "4,32", "--remask", "0.5,0.5"], "remask ratio"),
         (["--stages", "5"], "do not divide"),
         (["--prompt", "the king " * 40], "does not fit"),
-        (["--nucleus", "topk"], "nucleus rule must be one of"),
+        (["--nucleus", "topk"], "'topk' is not one of 'bd3lm', 'hf'"),
         (["--length", "0"], "length must be positive, got 0"),
         (["--length", "-32"], "length must be positive"),
         (["--length", "66"], "do not divide the length 66"),
@@ -685,7 +686,7 @@ def test_cli_dtype(trained_run):
                         for line in out.read_text().splitlines()])  # fmt: skip
     if not torch.cuda.is_available():
         assert records[0] == records[1]
-    bad = [(["--dtype", "fp16"], "dtype must be one of auto, bf16, tf32, fp32")]
+    bad = [(["--dtype", "fp16"], "'fp16' is not one of 'auto', 'bf16', 'tf32', 'fp32'")]
     if not torch.cuda.is_available():
         bad.append((["--dtype", "bf16"], "--dtype bf16 needs a CUDA device"))
     for args, msg in bad:

@@ -5,8 +5,8 @@ import random
 
 import pytest
 
+from dind.config import SamplerConfig
 from dind.errors import DindError
-from dind.sampler import SamplerConfig
 from dind.samples import (
     Sample,
     file_name,

@@ -276,7 +276,7 @@ def test_mix_sweep_end_to_end(trained_run):
          "window stride 33 exceeds the model's context 32"),
         (["policy", "--block-size", "16,32"], "one block size expected, got '16,32'"),
         (["topp", "--top-ps", "0.9,1.5"], "setting 'stage 1, top-p 1.5': top-p must be in (0, 1]"),
-        (["gamma", "--nucleus", "topk"], "setting 'stage 1 (block 4)': nucleus rule must be one"),
+        (["gamma", "--nucleus", "topk"], "'topk' is not one of 'bd3lm', 'hf'"),  # a choice
     ],
 )  # fmt: skip
 def test_bad_grid_is_reported_before_any_work(trained_run, tmp_path, args, msg, capsys,

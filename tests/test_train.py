@@ -201,7 +201,7 @@ def _cli(*args, env=None) -> subprocess.CompletedProcess:
         (["--block-sizes", "4,24"], "do not divide"),
         (["--block-sizes", "4,32", "--block-probs", "0.5,0.6"], "sum to 1"),
         (["--block-sizes", "-4"], "positive"),
-        (["--preset", "huge"], "unknown preset"),
+        (["--preset", "huge"], "'huge' is not one of 'tiny', 'base', 'small'"),
         (["--corpus", "/no/such/path"], "/no/such/path"),
     ],
 )
@@ -334,15 +334,16 @@ def test_a_given_interval_is_kept_by_the_search(tmp_path):
 
 
 def test_cli_noise_intervals_are_given_per_block_size():
-    from dind import cli
+    from dind.cli_options import apply_train_options, start_run
 
-    given = cli._parse_intervals(["4:0.5,1.0", "128:0.001,1"])
-    run = cli._build_run("tiny", {}, {}, None, None, {"intervals": given, "clip_search": False})
+    given = ["4:0.5,1.0", "128:0.001,1"]
+    no_search = {"noise": {"clip_search": False}}
+    run = apply_train_options(start_run(None, "tiny"), {}, no_search, noise_intervals=given)
     assert run.train.noise.intervals == {4: (0.5, 1.0), 128: (0.001, 1.0)}
     assert run.train.noise.clip_search is False
     assert run.train.noise.clip_search_widths == (0.5, 0.7, 0.9)  # the preset's, kept
     with pytest.raises(DindError, match="SIZE:BETA,OMEGA"):
-        cli._parse_intervals(["4:0.5"])
+        apply_train_options(run, {}, {}, noise_intervals=["4:0.5"])
 
 
 # ----------------------------------------------------------------------------- issue 12: the

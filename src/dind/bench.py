@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from dind.config import BlockSizeDistribution, ModelConfig, preset
+from dind.config import BlockSizeDistribution, ModelConfig, SamplerConfig, preset
 from dind.devices import default_device, sampling_precision
 from dind.loss import ar_loss, bd3_loss
 from dind.mixed_scale import sample_block_sizes
@@ -100,7 +100,7 @@ def bench_sample(
     """Seconds per sample (batch size 1, BD3-LM's protocol) for stage 1 with and without the
     KV cache, the full two stages (4, L) at gamma 0.25 and 0.5, and AR decoding with a KV
     cache on a causal model of the same size; all measured in this one run."""
-    from dind.sampler import SamplerConfig, ar_generate, sample
+    from dind.sampler import ar_generate, sample
 
     run = preset(preset_name)
     device = torch.device(default_device())

@@ -1,9 +1,13 @@
-"""Typed configuration for dind: the model, the mixed-scale block-size distribution, training.
+"""Typed configuration for dind: the model, the mixed-scale block-size distribution, training,
+sampling.
 
 Design choices:
 - Plain dataclasses with a docstring per field and validation in ``__post_init__``; the CLI
-  builds them, presets are Python functions returning them, and the resolved config is saved
-  as JSON inside every run folder and checkpoint.
+  generates its options from them (``dind.cli_options``: the docstrings are the help, a
+  ``Literal`` field's values the choices), presets are Python functions returning them, and
+  the resolved config is saved as JSON inside every run folder and checkpoint.
+- Each set of choices is one ``Literal`` alias here, and its values (``get_args``) the one
+  tuple the code checks against. The module imports no torch: building the CLI is fast.
 - ``ModelConfig`` holds what the backbone's weights depend on (and BD3-LM's ``config.json``
   fields map onto it); everything about how a model is trained lives in ``TrainConfig``.
 - Errors a user can cause raise ``DindError`` with a one-line message.
@@ -15,9 +19,26 @@ import dataclasses
 import math
 import re
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal, get_args
 
 from dind.errors import DindError
+
+AttnBackend = Literal["sdpa", "flex"]
+Objective = Literal["bd3", "ar"]
+TokenizerName = Literal["gpt2", "bpe"]
+PresetName = Literal["tiny", "base", "small"]
+RemaskPolicy = Literal["snapshot", "posthoc", "random"]
+NucleusRule = Literal["bd3lm", "hf"]
+SamplerName = Literal["first_hitting", "ancestral"]
+Confidence = Literal["model", "nucleus"]
+Dtype = Literal["auto", "bf16", "tf32", "fp32"]
+"""Precision of a model's passes while sampling (``dind.devices.resolve_dtype``)."""
+
+POLICIES: tuple[str, ...] = get_args(RemaskPolicy)
+"""The remasking policies (``dind.remask``)."""
+NUCLEUS_RULES: tuple[str, ...] = get_args(NucleusRule)
+"""The nucleus rules (``dind.denoise.nucleus_keep``)."""
+DTYPES: tuple[str, ...] = get_args(Dtype)
 
 
 @dataclass
@@ -44,7 +65,7 @@ class ModelConfig:
     """Feed the noise level to adaLN. BD3-LM's default is False (c is a learned constant)."""
     causal: bool = False
     """Causal attention and no x_0 half: the autoregressive baseline (``--objective ar``)."""
-    attn_backend: str = "sdpa"
+    attn_backend: AttnBackend = "sdpa"
     """"sdpa" (any device) or "flex" (FlexAttention, CUDA only; same logits)."""
 
     def __post_init__(self) -> None:
@@ -60,7 +81,7 @@ class ModelConfig:
             )
         if not 0.0 <= self.dropout < 1.0:
             raise DindError(f"dropout must be in [0, 1), got {self.dropout}")
-        if self.attn_backend not in ("sdpa", "flex"):
+        if self.attn_backend not in get_args(AttnBackend):
             raise DindError(f"attn_backend must be 'sdpa' or 'flex', got {self.attn_backend!r}")
 
     @property
@@ -193,7 +214,7 @@ class NoiseConfig:
 class TrainConfig:
     """Everything about one training run except the backbone's shape."""
 
-    objective: str = "bd3"
+    objective: Objective = "bd3"
     """"bd3": the (mixed-scale) block diffusion NELBO; "ar": next-token loss, causal attention."""
     block_dist: BlockSizeDistribution = field(default_factory=BlockSizeDistribution)
     """P_B, the per-example block-size distribution (mixed-scale training)."""
@@ -202,7 +223,7 @@ class TrainConfig:
     corpus: str = "shakespeare"
     """"shakespeare" (the embedded default), "english" (it and more public-domain English:
     ``dind.english``) or comma-separated text files/folders."""
-    tokenizer: str = "bpe"
+    tokenizer: TokenizerName = "bpe"
     """"gpt2" (BD3-LM's, vocab 50257 + mask) or "bpe" (trained on the corpus)."""
     bpe_vocab_size: int = 4096
     """Base vocabulary of the corpus-trained BPE."""
@@ -243,9 +264,9 @@ class TrainConfig:
         if isinstance(self.noise, dict):
             self.noise = NoiseConfig(**self.noise)
         self.betas = tuple(self.betas)  # type: ignore[assignment]
-        if self.objective not in ("bd3", "ar"):
+        if self.objective not in get_args(Objective):
             raise DindError(f"objective must be 'bd3' or 'ar', got {self.objective!r}")
-        if self.tokenizer not in ("gpt2", "bpe"):
+        if self.tokenizer not in get_args(TokenizerName):
             raise DindError(f"tokenizer must be 'gpt2' or 'bpe', got {self.tokenizer!r}")
         for name in ("batch_size", "grad_accum", "max_steps", "eval_batches", "log_every"):
             if getattr(self, name) <= 0:
@@ -277,6 +298,79 @@ class RunConfig:
             )
         except (KeyError, TypeError) as e:
             raise DindError(f"run config is not a dind config: {e}") from None
+
+
+@dataclass
+class SamplerConfig:
+    """One sampling run: the stages of Algorithm 1 and how each block is denoised."""
+
+    stages: tuple[int, ...] = (4,)
+    """Block size of each stage, never decreasing (Algorithm 1 grows them; an equal size re-drafts
+    the remasked tokens locally, Figure 2's smallest stage-2 block), each dividing L; (4,) is
+    plain BD3-LM."""
+    remask: tuple[float, ...] = ()
+    """gamma_k for each stage after the first, in [0, 1]."""
+    remask_policy: RemaskPolicy = "snapshot"
+    """snapshot (the paper's) | posthoc | random."""
+    length: int = 1024
+    """Sequence length L, BOS included."""
+    top_p: float = 0.9
+    """Nucleus mass; 1.0 samples from the full distribution."""
+    nucleus: NucleusRule = "bd3lm"
+    """Which tokens the nucleus keeps: "bd3lm" (BD3-LM's rule, the paper's protocol) or "hf"
+    (Hugging Face's, one token more: the one whose mass crosses top_p)."""
+    sampler: SamplerName = "first_hitting"
+    """first_hitting (one token per call, BD3-LM's protocol) | ancestral (T steps per block)."""
+    steps: int | None = None
+    """T for the ancestral sampler (default: the block size)."""
+    kv_cache: bool = True
+    """Keep clean blocks' keys/values; False recomputes the prefix on every call."""
+    confidence: Confidence = "model"
+    """Snapshot confidence: the model's untruncated probability, or "nucleus"."""
+    seed: int = 0
+    """Sample i draws from its own generator seeded from (seed, i)."""
+    retry_low_entropy: bool = False
+    """BD3-LM's protocol: redraw a stage-1 draft that fails its low-entropy rule (a 256-token
+    window below 4 nats of unigram entropy), at most 10 draws (``dind.sampler.MAX_DRAWS``)."""
+    window_stride: int | None = None
+    """Past the model's context: the step between the windows of a stage whose block size is
+    at least the context, in 1..context (default: half the context)."""
+
+    def __post_init__(self) -> None:
+        self.stages = tuple(int(b) for b in self.stages)
+        self.remask = tuple(float(g) for g in self.remask)
+        if self.length <= 0:
+            raise DindError(f"length must be positive, got {self.length}")
+        if self.window_stride is not None and self.window_stride <= 0:
+            raise DindError(f"window stride must be positive, got {self.window_stride}")
+        if not self.stages:
+            raise DindError("at least one stage is needed")
+        if any(b <= 0 for b in self.stages):
+            raise DindError(f"stage block sizes must be positive: {list(self.stages)}")
+        if any(b > c for b, c in zip(self.stages, self.stages[1:], strict=False)):
+            raise DindError(f"stage block sizes must not decrease: {list(self.stages)}")
+        bad = [b for b in self.stages if self.length % b]
+        if bad:
+            raise DindError(f"stage block size(s) {bad} do not divide the length {self.length}")
+        if len(self.remask) != len(self.stages) - 1:
+            raise DindError(
+                f"{len(self.stages)} stages need {len(self.stages) - 1} remask ratio(s), "
+                f"got {len(self.remask)}"
+            )
+        if any(not 0.0 <= g <= 1.0 or math.isnan(g) for g in self.remask):
+            raise DindError(f"remask ratios must be in [0, 1]: {list(self.remask)}")
+        if self.remask_policy not in POLICIES:
+            raise DindError(f"remask policy must be one of {', '.join(POLICIES)}")
+        if not 0.0 < self.top_p <= 1.0:
+            raise DindError(f"top-p must be in (0, 1], got {self.top_p}")
+        if self.nucleus not in NUCLEUS_RULES:
+            raise DindError(f"nucleus rule must be one of {', '.join(NUCLEUS_RULES)}")
+        if self.sampler not in get_args(SamplerName):
+            raise DindError("sampler must be 'first_hitting' or 'ancestral'")
+        if self.steps is not None and self.steps <= 0:
+            raise DindError("steps must be positive")
+        if self.confidence not in get_args(Confidence):
+            raise DindError("confidence must be 'model' or 'nucleus'")
 
 
 # ----------------------------------------------------------------------------- presets
@@ -367,7 +461,7 @@ def small() -> RunConfig:
     )
 
 
-PRESETS = {"tiny": tiny, "base": base, "small": small}
+PRESETS = {"tiny": tiny, "base": base, "small": small}  # the values of PresetName
 
 
 def preset(name: str) -> RunConfig:

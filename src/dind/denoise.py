@@ -13,7 +13,8 @@ Design choices:
 - Randomness is per sample: row r draws its positions and its Gumbel noise from its own
   ``torch.Generator``, so sample i is the same whatever the batch it is drawn in.
 - Nucleus (top-p) sampling draws with the exponential/Gumbel trick in float64 (BD3-LM found
-  fp32 sampling shifts generative perplexity). Two rules for the nucleus (``NUCLEUS_RULES``):
+  fp32 sampling shifts generative perplexity). Two rules for the nucleus
+  (``dind.config.NUCLEUS_RULES``):
   ``bd3lm`` (the default, BD3-LM's ``_nucleus_sample``, which the paper's numbers come from)
   keeps the tokens whose cumulative mass, their own included, is at most p, plus the top
   token; ``hf`` (Hugging Face's) also keeps the token whose mass crosses p. For [0.85, 0.10,
@@ -113,9 +114,6 @@ def token_probs(logits: Tensor, mask_id: int) -> Tensor:
     logits = logits.double()
     logits[..., mask_id] = NEG_INF
     return logits.softmax(-1)
-
-
-NUCLEUS_RULES = ("bd3lm", "hf")
 
 
 def nucleus_keep(sorted_p: Tensor, top_p: float, rule: str = "bd3lm") -> Tensor:

@@ -23,9 +23,8 @@ from contextlib import contextmanager
 import torch
 from torch import Tensor
 
+from dind.config import DTYPES
 from dind.errors import DindError
-
-DTYPES = ("auto", "bf16", "tf32", "fp32")
 
 
 def default_device() -> str:

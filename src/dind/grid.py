@@ -12,10 +12,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from dind.config import BlockSizeDistribution, parse_block_sizes
+from dind.config import BlockSizeDistribution, NucleusRule, SamplerConfig, parse_block_sizes
 from dind.errors import DindError
 from dind.frontier import STAGE1
-from dind.sampler import SamplerConfig
 
 
 @dataclass(frozen=True)
@@ -30,26 +29,34 @@ class Setting:
 
 @dataclass
 class SweepOptions:
-    """What every sweep shares: seeds, samples per seed, the judge."""
+    """What every sweep shares: seeds, samples per seed, the judge, the sampler defaults."""
 
     seeds: tuple[int, ...] = (0, 1, 2)
+    """Sampling seeds; the spread over seeds is reported."""
     num_samples: int = 8
     """Samples per (setting, seed)."""
     batch_size: int = 8
+    """Sequences per batch."""
     judge: str = "smollm2"
+    """The judge of Gen PPL: smollm2, oracle[:DIR], a dind AR run or a Hugging Face causal LM
+    (``dind.judges``)."""
     top_p: float = 0.9
-    nucleus: str = "bd3lm"
-    """Nucleus rule of every setting (``dind.denoise.NUCLEUS_RULES``)."""
+    """Nucleus mass of every setting that does not set its own."""
+    nucleus: NucleusRule = "bd3lm"
+    """Nucleus rule of every setting: bd3lm (BD3-LM's) or hf (``dind.denoise.nucleus_keep``)."""
     stage1: int = 4
     """Stage-1 block size (the draft)."""
     window_stride: int | None = None
-    """Every setting's ``SamplerConfig.window_stride`` (used past the model's context)."""
+    """Past the model's context: the step between windows (default: half the context), every
+    setting's ``SamplerConfig.window_stride``."""
     save_samples: bool = True
+    """Keep every setting's samples (JSONL) under the output folder's ``samples/``."""
     progress: bool = True
+    """Show progress bars."""
     retry_low_entropy: bool = False
     """Redraw stage-1 drafts by BD3-LM's low-entropy rule (``dind.sampler``)."""
     judge_max_tokens: int | None = None
-    """Cut the judge's input to this many ids, BOS included (``dind.judges``)."""
+    """Cut the judge's input to this many ids, BOS included (BD3-LM: L; ``dind.judges``)."""
     samples_from: Path | None = None
     """Judge the samples an earlier sweep of the same grid saved in this output folder (under
     ``samples/``) instead of drawing them: a second judge scores the very same texts."""

@@ -20,9 +20,10 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from dind.config import POLICIES
 from dind.denoise import token_probs
 
-POLICIES = ("snapshot", "posthoc", "random")
+__all__ = ["POLICIES", "posthoc_scores", "select"]
 
 
 def select(

@@ -39,21 +39,14 @@ from __future__ import annotations
 import copy
 import math
 import time
-from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 from tqdm import tqdm
 
 from dind import remask
-from dind.denoise import (
-    NUCLEUS_RULES,
-    BlockView,
-    DenoiseSettings,
-    denoise_block,
-    draw,
-    token_probs,
-)
+from dind.config import SamplerConfig
+from dind.denoise import BlockView, DenoiseSettings, denoise_block, draw, token_probs
 from dind.devices import autocast_dtype
 from dind.errors import DindError
 from dind.evaluate import BD3LM_ENTROPY_WINDOW, DEFAULT_ENTROPY_THRESHOLD, bd3lm_rejects
@@ -64,79 +57,6 @@ MAX_DRAWS = 10
 MAX_SAMPLES = 1_000_000
 """Most sequences one call draws: they are all held in memory (every stage's tokens and
 confidences) until the one file is written."""
-
-
-@dataclass
-class SamplerConfig:
-    """One sampling run: the stages of Algorithm 1 and how each block is denoised."""
-
-    stages: tuple[int, ...] = (4,)
-    """Block size of each stage, never decreasing (Algorithm 1 grows them; an equal size re-drafts
-    the remasked tokens locally, Figure 2's smallest stage-2 block), each dividing L; (4,) is
-    plain BD3-LM."""
-    remask: tuple[float, ...] = ()
-    """gamma_k for each stage after the first, in [0, 1]."""
-    remask_policy: str = "snapshot"
-    """snapshot (the paper's) | posthoc | random."""
-    length: int = 1024
-    """Sequence length L, BOS included."""
-    top_p: float = 0.9
-    """Nucleus mass; 1.0 samples from the full distribution."""
-    nucleus: str = "bd3lm"
-    """Which tokens the nucleus keeps: "bd3lm" (BD3-LM's rule, the paper's protocol) or "hf"
-    (Hugging Face's, one token more: the one whose mass crosses top_p)."""
-    sampler: str = "first_hitting"
-    """first_hitting (one token per call, BD3-LM's protocol) | ancestral (T steps per block)."""
-    steps: int | None = None
-    """T for the ancestral sampler (default: the block size)."""
-    kv_cache: bool = True
-    """Keep clean blocks' keys/values; False recomputes the prefix on every call."""
-    confidence: str = "model"
-    """Snapshot confidence: the model's untruncated probability, or "nucleus"."""
-    seed: int = 0
-    """Sample i draws from its own generator seeded from (seed, i)."""
-    retry_low_entropy: bool = False
-    """BD3-LM's protocol: redraw a stage-1 draft that fails its low-entropy rule (module
-    docstring), at most ``MAX_DRAWS`` draws."""
-    window_stride: int | None = None
-    """Past the model's context: the step between the windows of a stage whose block size is
-    at least the context, in 1..context (default: half the context)."""
-
-    def __post_init__(self) -> None:
-        self.stages = tuple(int(b) for b in self.stages)
-        self.remask = tuple(float(g) for g in self.remask)
-        if self.length <= 0:
-            raise DindError(f"length must be positive, got {self.length}")
-        if self.window_stride is not None and self.window_stride <= 0:
-            raise DindError(f"window stride must be positive, got {self.window_stride}")
-        if not self.stages:
-            raise DindError("at least one stage is needed")
-        if any(b <= 0 for b in self.stages):
-            raise DindError(f"stage block sizes must be positive: {list(self.stages)}")
-        if any(b > c for b, c in zip(self.stages, self.stages[1:], strict=False)):
-            raise DindError(f"stage block sizes must not decrease: {list(self.stages)}")
-        bad = [b for b in self.stages if self.length % b]
-        if bad:
-            raise DindError(f"stage block size(s) {bad} do not divide the length {self.length}")
-        if len(self.remask) != len(self.stages) - 1:
-            raise DindError(
-                f"{len(self.stages)} stages need {len(self.stages) - 1} remask ratio(s), "
-                f"got {len(self.remask)}"
-            )
-        if any(not 0.0 <= g <= 1.0 or math.isnan(g) for g in self.remask):
-            raise DindError(f"remask ratios must be in [0, 1]: {list(self.remask)}")
-        if self.remask_policy not in remask.POLICIES:
-            raise DindError(f"remask policy must be one of {', '.join(remask.POLICIES)}")
-        if not 0.0 < self.top_p <= 1.0:
-            raise DindError(f"top-p must be in (0, 1], got {self.top_p}")
-        if self.nucleus not in NUCLEUS_RULES:
-            raise DindError(f"nucleus rule must be one of {', '.join(NUCLEUS_RULES)}")
-        if self.sampler not in ("first_hitting", "ancestral"):
-            raise DindError("sampler must be 'first_hitting' or 'ancestral'")
-        if self.steps is not None and self.steps <= 0:
-            raise DindError("steps must be positive")
-        if self.confidence not in ("model", "nucleus"):
-            raise DindError("confidence must be 'model' or 'nucleus'")
 
 
 def sample_seed(seed: int, index: int) -> int:

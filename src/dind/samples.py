@@ -23,7 +23,7 @@ from dind.utils import atomic_open
 if TYPE_CHECKING:
     from torch import Tensor
 
-    from dind.sampler import SamplerConfig
+    from dind.config import SamplerConfig
 
 
 @dataclass

@@ -40,12 +40,11 @@ from typing import Any
 
 from tqdm import tqdm
 
-from dind.config import BlockSizeDistribution, RunConfig
+from dind.config import BlockSizeDistribution, RunConfig, SamplerConfig
 from dind.errors import DindError
 from dind.frontier import STAGE1
 from dind.grid import Setting, SweepOptions, check_unique, make_setting, parse_mix, stage1_setting
 from dind.results import SweepResult, write_sweep
-from dind.sampler import SamplerConfig
 from dind.samples import file_name, slug, write_records
 
 
