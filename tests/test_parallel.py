@@ -136,3 +136,59 @@ def test_rows_do_not_depend_on_the_batch():
 def test_bad_parallel_settings_are_one_line_errors(spec, msg):
     with pytest.raises(DindError, match=msg):
         Parallel.parse(spec)
+
+
+def _model():
+    from dind.config import ModelConfig
+    from helpers import random_dit
+
+    torch.manual_seed(0)
+    cfg = ModelConfig(vocab_size=40, mask_id=39, seq_len=32, hidden_dim=32, cond_dim=16,
+                      n_blocks=2, n_heads=2)  # fmt: skip
+    return random_dit(cfg)
+
+
+def test_default_and_one_per_call_are_todays_sampler():
+    from dind.config import SamplerConfig
+    from dind.sampler import sample
+
+    model = _model()
+    base = dict(stages=(4, 32), remask=(0.5,), length=32, seed=3)
+    today = sample(model, SamplerConfig(**base), 3, 3, 0, 39)
+    ones = sample(model, SamplerConfig(**base, parallel=("1", "1")), 3, 3, 0, 39)
+    for a, b in zip(today, ones, strict=True):
+        assert (a.stage_tokens, a.snapshot_confidence, a.nfe) == (
+            b.stage_tokens,
+            b.snapshot_confidence,
+            b.nfe,
+        )
+    eight = sample(model, SamplerConfig(**base, parallel=("1", "8")), 3, 3, 0, 39)
+    for a, b in zip(today, eight, strict=True):
+        assert b.stage_tokens[0] == a.stage_tokens[0]  # the same drafts
+        assert b.remasked[1] == a.remasked[1]
+        assert b.nfe == [a.nfe[0], 2]  # 16 remasked tokens, 8 per call
+        refilled = [b.stage_tokens[1][p] for p in b.remasked[1]]
+        assert 39 not in refilled
+
+
+def test_parallel_settings_are_checked_and_recorded():
+    from dind.config import SamplerConfig
+    from dind.sampler import sample
+    from dind.samples import to_record
+
+    with pytest.raises(DindError, match="2 stages need 2 parallel settings, got 1"):
+        SamplerConfig(stages=(4, 32), remask=(0.5,), length=32, parallel=("8",))
+    with pytest.raises(DindError, match="first-hitting"):
+        SamplerConfig(stages=(4,), length=32, sampler="ancestral", parallel=("4",))
+    with pytest.raises(DindError, match="write K, top:K or tau:X"):
+        SamplerConfig(stages=(4,), length=32, parallel=("fast",))
+
+    class Tok:
+        def decode(self, ids):
+            return " ".join(map(str, ids))
+
+    cfg = SamplerConfig(stages=(4, 32), remask=(0.5,), length=32, parallel=("1", "tau:0.9"))
+    s = sample(_model(), cfg, 1, 1, 0, 39)[0]
+    assert to_record(s, Tok(), cfg)["parallel"] == ["1", "tau:0.9"]
+    plain = SamplerConfig(stages=(4,), length=32)
+    assert "parallel" not in to_record(sample(_model(), plain, 1, 1, 0, 39)[0], Tok(), plain)

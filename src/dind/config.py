@@ -335,9 +335,14 @@ class SamplerConfig:
     window_stride: int | None = None
     """Past the model's context: the step between the windows of a stage whose block size is
     at least the context, in 1..context (default: half the context)."""
+    parallel: tuple[str, ...] = ()
+    """Positions committed per denoiser call, one entry per stage: K (uniformly chosen), top:K
+    (the most confident) or tau:X (every drawn token of probability >= X, at least one); empty:
+    one per call at every stage, BD3-LM's first-hitting sampler (``dind.parallel``)."""
 
     def __post_init__(self) -> None:
         self.stages = tuple(int(b) for b in self.stages)
+        self.parallel = tuple(str(p) for p in self.parallel)
         self.remask = tuple(float(g) for g in self.remask)
         if self.length <= 0:
             raise DindError(f"length must be positive, got {self.length}")
@@ -371,6 +376,21 @@ class SamplerConfig:
             raise DindError("steps must be positive")
         if self.confidence not in get_args(Confidence):
             raise DindError("confidence must be 'model' or 'nucleus'")
+        if self.parallel:
+            from dind.parallel import Parallel
+
+            if len(self.parallel) != len(self.stages):
+                raise DindError(f"{len(self.stages)} stages need {len(self.stages)} parallel "
+                                f"settings, got {len(self.parallel)}")  # fmt: skip
+            rules = [Parallel.parse(p) for p in self.parallel]
+            if self.sampler == "ancestral" and not all(r.one_per_call for r in rules):
+                raise DindError("parallel settings are for the first-hitting sampler")
+
+    def parallel_rule(self, stage: int):
+        """Stage ``stage``'s (0-based) ``dind.parallel.Parallel`` rule."""
+        from dind.parallel import Parallel
+
+        return Parallel.parse(self.parallel[stage]) if self.parallel else Parallel()
 
 
 # ----------------------------------------------------------------------------- presets

@@ -37,6 +37,7 @@ away, and ``seconds`` includes them.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 import time
 
@@ -192,11 +193,12 @@ def sample_batch(
             ]
             for r, pos in enumerate(chosen):
                 x[r, pos.to(device)] = mask_id
-        nfe, passes = run_stage(model, x, conf, block_size, settings, generators, cfg.kv_cache,
+        stage = dataclasses.replace(settings, parallel=cfg.parallel_rule(k))
+        nfe, passes = run_stage(model, x, conf, block_size, stage, generators, cfg.kv_cache,
                                 window, stride)  # fmt: skip
         if k == 0 and cfg.retry_low_entropy:
             redraws = _redraw_low_entropy(model, x, conf, blank, nfe, passes, block_size,
-                                          settings, generators, cfg.kv_cache, indices,
+                                          stage, generators, cfg.kv_cache, indices,
                                           window, stride)  # fmt: skip
             for s, n in zip(samples, redraws, strict=True):
                 s.redraws = n

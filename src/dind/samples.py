@@ -66,6 +66,8 @@ def to_record(s: Sample, tokenizer, cfg: SamplerConfig) -> dict[str, Any]:
         **{key: getattr(s, key) for key in TRAJECTORY},
         # only with retry_low_entropy, so a file drawn without it is as before
         **({} if s.redraws is None else {"redraws": s.redraws}),
+        # only with parallel decoding, likewise
+        **({"parallel": list(cfg.parallel)} if cfg.parallel else {}),
     }
 
 

@@ -49,9 +49,10 @@ from dind.samples import file_name, slug, write_records
 
 
 def _stage1_key(cfg: SamplerConfig) -> tuple:
+    """What a stage-1 draft depends on: settings that share it share their drafts."""
     return (cfg.stages[0], cfg.length, cfg.top_p, cfg.nucleus, cfg.sampler, cfg.steps,
             cfg.confidence, cfg.kv_cache, cfg.seed, cfg.retry_low_entropy,
-            cfg.window_stride)  # fmt: skip
+            cfg.window_stride, str(cfg.parallel_rule(0)))  # fmt: skip
 
 
 def draw_and_judge(
@@ -90,7 +91,9 @@ def draw_and_judge(
             key, drafts = _stage1_key(cfg), None
             if len(cfg.stages) > 1:
                 if key not in drafts_by_key:
-                    first = dataclasses.replace(cfg, stages=cfg.stages[:1], remask=())
+                    first = dataclasses.replace(
+                        cfg, stages=cfg.stages[:1], remask=(), parallel=cfg.parallel[:1]
+                    )
                     with sampling_precision(device):
                         drafts_by_key[key] = sample(
                             model, first, opts.num_samples, opts.batch_size, tokenizer.bos_id,
@@ -133,7 +136,8 @@ def saved_samples(path: Path, cfg: SamplerConfig, num_samples: int) -> list[dict
     for i, r in enumerate(records):
         want = {"index": i, "seed": sample_seed(cfg.seed, i), "stages": list(cfg.stages),
                 "remask_ratios": list(cfg.remask), "remask_policy": cfg.remask_policy,
-                "top_p": cfg.top_p, "nucleus": cfg.nucleus}  # fmt: skip
+                "top_p": cfg.top_p, "nucleus": cfg.nucleus,
+                "parallel": list(cfg.parallel) or None}  # fmt: skip
         got = {k: r.get(k) for k in want}
         if got != want:
             diff = next(k for k in want if got[k] != want[k])
