@@ -8,13 +8,9 @@ from dataclasses import dataclass
 
 import pytest
 
+from dind.diversity import bd3lm_rejects, unigram_entropy
 from dind.errors import DindError
-from dind.evaluate import (
-    bd3lm_rejects,
-    evaluate_samples,
-    format_table,
-    unigram_entropy,
-)
+from dind.evaluate import evaluate_samples, format_table
 from dind.samples import read_samples
 
 

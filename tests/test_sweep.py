@@ -174,6 +174,32 @@ def test_a_second_judge_scores_the_saved_samples(trained_run, tmp_path, monkeypa
 
 
 @pytest.mark.slow
+def test_parallel_refinement_sweep(trained_run):
+    """Two stages with K per call or a tau threshold: fewer refinement calls, one draft."""
+    opts = SweepOptions(seeds=(0, 1), num_samples=2, batch_size=2, progress=False)
+
+    def build(L):
+        return grid.parallel_settings(L, (0.5,), (1, 4), (0.9,), ("uniform", "top"), L, opts)
+
+    res = sweep.run_sampling_sweep("parallel", str(trained_run / "run"), trained_run / "par",
+                                   opts, build)  # fmt: skip
+    nfe = {s["setting"]: s["nfe_mean"] for s in res.summary}
+    draft = nfe["stage 1 (block 4)"]
+    assert nfe["gamma 0.5, 1 per call"] == draft + 16  # floor(0.5 * 32) tokens, one per call
+    assert nfe["gamma 0.5, 4 per call"] == nfe["gamma 0.5, top:4 per call"] == draft + 4
+    assert draft + 1 <= nfe["gamma 0.5, tau 0.9"] <= draft + 16
+    for s in res.summary[1:]:  # every refinement is compared with stage 1 on the same drafts
+        assert s["delta_vs_stage1"] is not None
+    assert _png_size(res.files["png"])[0] > 100
+    seeds = _csv(res.files["seeds_csv"])
+    assert {r["setting"] for r in seeds} == set(nfe) and len(seeds) == 2 * len(nfe)
+    assert all(float(r["seconds"]) > 0 for r in seeds)
+    res = _cli("sweep", "parallel", "--checkpoint", str(trained_run / "run"), "--out",
+               str(trained_run / "par2"), "--picks", "uniform,best")  # fmt: skip
+    assert res.returncode != 0 and "'best' is not uniform or top" in res.stderr
+
+
+@pytest.mark.slow
 def test_topp_control_sweep(trained_run):
     opts = SweepOptions(seeds=(0,), num_samples=2, batch_size=2, progress=False)
 
@@ -400,7 +426,7 @@ def test_sweep_retry_low_entropy_redraws_the_shared_drafts(tmp_path):
             assert sum(d["redraws"] for d in drafts) > 0  # the mock degenerates often
             assert all(r["redraws"] == sum(d["redraws"] for d in drafts)
                        for r in rows_by[retry])  # fmt: skip
-            from dind.evaluate import bd3lm_rejects
+            from dind.diversity import bd3lm_rejects
 
             assert not any(bd3lm_rejects(d["stage_tokens"][0], 4) for d in drafts)
         else:

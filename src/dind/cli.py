@@ -161,7 +161,7 @@ def sample(
     from dind.checkpoint import load_checkpoint
     from dind.cli_options import read_sampler_settings
     from dind.devices import default_device, resolve_dtype, sampling_precision
-    from dind.evaluate import BD3LM_ENTROPY_WINDOW
+    from dind.diversity import BD3LM_ENTROPY_WINDOW
     from dind.sampler import check_counts
     from dind.sampler import sample as run_sample
     from dind.samples import write_samples

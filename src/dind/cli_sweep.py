@@ -123,6 +123,44 @@ def sweep_nfe(
     _run("nfe", checkpoint, out, opts, build, length)
 
 
+@sweep_app.command("parallel")
+@options(opts=SWEEP)
+def sweep_parallel(
+    checkpoint: CheckpointOpt,
+    out: OutOpt,
+    gammas: Annotated[str, typer.Option(help="Two-stage remask ratios.")] = "0.25,0.5",
+    ks: Annotated[str, typer.Option(help="Positions committed per refinement call.")] = (
+        "1,2,4,8,16"
+    ),
+    taus: Annotated[str, typer.Option(help="Thresholds of the tau rule.")] = "0.7,0.9,0.99",
+    picks: Annotated[
+        str, typer.Option(help="How K positions are chosen: uniform, top (most confident).")
+    ] = "uniform,top",
+    block_size: BlockOpt = "L",
+    length: LengthOpt = None,
+    *,
+    opts: SweepOptions,
+) -> None:
+    """Fast refinement: stage 1, and two stages committing K positions per call (uniform or
+    most confident) or every token that reaches tau; Gen PPL (with entropy) against seconds."""
+    from dind import grid
+    from dind.errors import DindError
+
+    check_writable_dir(out)
+    ratios = parse_list(gammas, float, "--gammas")
+    k_list, tau_list = parse_list(ks, int, "--ks"), parse_list(taus, float, "--taus")
+    pick_list = parse_list(picks, str, "--picks")
+    bad = [p for p in pick_list if p not in ("uniform", "top")]
+    if bad:
+        raise DindError(f"--picks: {bad[0]!r} is not uniform or top")
+
+    def build(L):
+        size = grid.parse_size(block_size, L)
+        return grid.parallel_settings(L, ratios, k_list, tau_list, pick_list, size, opts)
+
+    _run("parallel", checkpoint, out, opts, build, length)
+
+
 @sweep_app.command("topp")
 @options(opts=SWEEP.without("top_p"))  # each setting has its own
 def sweep_topp(

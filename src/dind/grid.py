@@ -174,6 +174,37 @@ def topp_settings(
     return out
 
 
+def parallel_settings(
+    L: int,
+    gammas: tuple[float, ...],
+    ks: tuple[int, ...],
+    taus: tuple[float, ...],
+    picks: tuple[str, ...],
+    block_size: int,
+    opts: SweepOptions,
+) -> list[Setting]:
+    """Fast refinement (``dind.parallel``): stage 1 alone, then for each gamma two stages whose
+    refinement commits K positions per call (uniformly chosen, or the K most confident, one
+    series per rule) or every position whose drawn token reaches tau; the draft is stage 1's,
+    one per call. x is K or tau."""
+    out = [stage1_setting(L, opts)]
+    for g in gammas:
+        two = dict(stages=(opts.stage1, block_size), remask=(g,), length=L)
+        for pick in picks:
+            prefix = "" if pick == "uniform" else f"{pick}:"
+            for k in ks:
+                name = f"gamma {g:g}, {prefix}{k} per call"
+                rule = ("1", f"{prefix}{k}")
+                out.append(
+                    make_setting(name, f"gamma {g:g}, {pick} K", k, opts, parallel=rule, **two)
+                )
+        for tau in taus:
+            name = f"gamma {g:g}, tau {tau:g}"
+            rule = ("1", f"tau:{tau:g}")
+            out.append(make_setting(name, f"gamma {g:g}, tau", tau, opts, parallel=rule, **two))
+    return out
+
+
 def topp_series(gamma: float) -> str:
     return f"two stages, gamma {gamma:g}"
 

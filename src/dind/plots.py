@@ -114,5 +114,22 @@ def plot_mix(summary: list[dict[str, Any]], judge: str) -> bytes:
     return _png(plt, fig, ax, judge, "Training mix (Table 3)")
 
 
+def plot_parallel(summary: list[dict[str, Any]], judge: str) -> bytes:
+    """Gen PPL against seconds per sample: stage 1, and each refinement rule's series, every
+    point labelled with its unigram entropy (a cheaper setting must not buy quality by
+    losing diversity)."""
+    plt, fig, ax = _figure()
+    series = list(dict.fromkeys(s["series"] for s in summary))
+    markers = "so^vDP*X<>"
+    for pts in _lines(ax, summary, [(n, markers[i % 10]) for i, n in enumerate(series)],
+                      "seconds_mean", "seconds_mean"):  # fmt: skip
+        for s in pts:
+            ax.annotate(f"H={s['entropy_mean']:.2f}", (s["seconds_mean"], s["gen_ppl_mean"]),
+                        textcoords="offset points", xytext=(3, 3), fontsize=6)  # fmt: skip
+    ax.set_xscale("log")
+    ax.set_xlabel("seconds per sample (wall clock)")
+    return _png(plt, fig, ax, judge, "Quality against seconds: parallel refinement")
+
+
 PLOTS = {"gamma": plot_gamma, "policy": plot_policy, "nfe": plot_nfe, "topp": plot_topp,
-         "mix": plot_mix}  # fmt: skip
+         "mix": plot_mix, "parallel": plot_parallel}  # fmt: skip

@@ -24,7 +24,7 @@ from dind.frontier import add_matched_gaps
 from dind.plots import PLOTS
 from dind.utils import atomic_write
 
-KINDS = ("gamma", "policy", "nfe", "topp", "mix")
+KINDS = ("gamma", "policy", "nfe", "topp", "mix", "parallel")
 
 
 Reference = str | dict[str, str] | None
@@ -126,6 +126,7 @@ CAPTIONS = {
     "nfe": "Quality against NFEs: one stage against two stages (Table 1's frontier)",
     "topp": "Quality against diversity: stage 1 and two stages across top-p",
     "mix": "Training mixes: stage 1 and two stages (Table 3)",
+    "parallel": "Fast refinement: Gen PPL and seconds with several tokens per call",
 }
 
 

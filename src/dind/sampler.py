@@ -23,7 +23,7 @@ Past the model's context C (L > C; nothing changes for L <= C):
 
 Low-entropy redraws (``retry_low_entropy``, off by default: no sample is ever dropped):
 BD3-LM's protocol, opt-in. BD3-LM's sampler is one stage, so the rule
-(``dind.evaluate.bd3lm_rejects``) judges the stage-1 draft: a draft that fails it is drawn
+(``dind.diversity.bd3lm_rejects``) judges the stage-1 draft: a draft that fails it is drawn
 again from all-masked, at most ``MAX_DRAWS`` draws in all, as in BD3-LM's ``_sample`` (whose
 loop raises once a tenth draw has failed). Later stages refine the accepted draft and are not
 checked (``dind eval`` reports the rule on the final tokens). A redraw continues the sample's
@@ -49,8 +49,8 @@ from dind import remask
 from dind.config import SamplerConfig
 from dind.denoise import BlockView, DenoiseSettings, denoise_block, draw, token_probs
 from dind.devices import autocast_dtype
+from dind.diversity import BD3LM_ENTROPY_WINDOW, DEFAULT_ENTROPY_THRESHOLD, bd3lm_rejects
 from dind.errors import DindError
-from dind.evaluate import BD3LM_ENTROPY_WINDOW, DEFAULT_ENTROPY_THRESHOLD, bd3lm_rejects
 from dind.samples import Sample
 
 MAX_DRAWS = 10
