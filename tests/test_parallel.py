@@ -192,3 +192,8 @@ def test_parallel_settings_are_checked_and_recorded():
     assert to_record(s, Tok(), cfg)["parallel"] == ["1", "tau:0.9"]
     plain = SamplerConfig(stages=(4,), length=32)
     assert "parallel" not in to_record(sample(_model(), plain, 1, 1, 0, 39)[0], Tok(), plain)
+
+
+@pytest.mark.parametrize("spec", ["1", "16", "top:4", "tau:0.9", "tau:1"])
+def test_a_rule_reads_back_as_written(spec):
+    assert str(Parallel.parse(spec)) == spec and Parallel.parse(str(Parallel.parse(spec)))

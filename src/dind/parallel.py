@@ -69,6 +69,6 @@ class Parallel:
         )
 
     def __str__(self) -> str:
-        return {"uniform": f"{self.k}", "top": f"top:{self.k}", "tau": f"tau:{self.tau:g}"}[
-            self.pick
-        ]
+        if self.pick == "tau":
+            return f"tau:{self.tau:g}"
+        return f"{self.k}" if self.pick == "uniform" else f"top:{self.k}"
