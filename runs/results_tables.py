@@ -8,7 +8,8 @@ the standard deviation across models, the mean within-model spread over sampling
 paired difference to stage 1 (same model, same seeds, same drafts) with the number of models on
 which the setting was better, and entropy. For the top-p control: each two-stage setting's
 matched-entropy gap to stage 1's curve, per model the mean over seeds, then mean ± std across
-models.  usage: .venv/bin/python runs/results_tables.py [RESULTS]
+models.  usage: .venv/bin/python runs/results_tables.py [RESULTS [PLOT_PREFIX]] (the plots are
+copied as docs/results/PLOT_PREFIX<name>_<kind>.png)
 """
 
 import math
@@ -23,6 +24,7 @@ from dind.frontier import STAGE1, matched_entropy_gaps
 from dind.results import read_csv
 
 root = Path(sys.argv[1] if len(sys.argv) > 1 else "runs/results")
+prefix = sys.argv[2] if len(sys.argv) > 2 else ""
 docs = Path("docs/results")
 docs.mkdir(parents=True, exist_ok=True)
 
@@ -102,7 +104,7 @@ for corpus, by_seed in folders.items():
         table(kind, models)
         first = by_seed[min(by_seed)] / f"{kind}.png"
         if first.exists():
-            shutil.copy(first, docs / f"{corpus}_{kind}.png")
+            shutil.copy(first, docs / f"{prefix}{corpus}_{kind}.png")
 
 mix = root / "mix" / "mix.csv"
 if mix.is_file():
