@@ -90,7 +90,7 @@ def run_demo(
     policy_result = results.write_sweep(
         "policy", out, [r for r in rows if r["setting"] in policy_names], meta, stage1.name
     )
-    frontier_result = results.write_sweep("topp", out, frontier_rows, meta, None)
+    frontier_result = results.write_sweep("topp", out, frontier_rows, meta, frontier_grid[0].name)
 
     by_name = {s["setting"]: s for s in gamma_result.summary + policy_result.summary}
     comparison = [("stage 1 only (block 4)", by_name[stage1.name]),
