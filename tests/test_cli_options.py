@@ -654,6 +654,7 @@ def recorded_commands(tmp_path: Path, script: str, *args: str) -> list[list[str]
     return [c.splitlines() for c in calls if c]
 
 
+@pytest.mark.slow
 def test_every_documented_invocation_parses(tmp_path):
     """The commands README.md and docs/results.md show and those runs/*.sh run parse: the
     flags exist, the values have their types and choices, the generated lists convert."""

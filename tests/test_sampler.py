@@ -616,6 +616,7 @@ def test_window_stride_above_the_context_is_an_error():
      dict(kv_cache=False), dict(remask_policy="posthoc"), dict(remask_policy="random"),
      dict(length=32, window_stride=8), dict(length=32, sampler="ancestral", steps=3)],
 )  # fmt: skip
+@pytest.mark.slow
 def test_sampling_makes_nothing_off_the_tokens_device(tiny_cfg, kwargs):
     """On CUDA a counter made on the CPU stopped every ancestral run (a device mismatch). Here
     the tokens are on the CPU and the default device is "meta": any tensor the sampler makes

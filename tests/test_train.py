@@ -426,6 +426,7 @@ def test_metrics_are_strict_json(tmp_path, monkeypatch):
     assert all(math.isfinite(r["loss"]) for r in logged)
 
 
+@pytest.mark.slow
 def test_resume_drops_a_partial_last_line_of_metrics(tmp_path, capfd):
     """Fault 3: a kill during a metrics write leaves a partial last line; --resume drops it,
     says so, and the curve is the uninterrupted run's."""
@@ -446,6 +447,7 @@ def test_resume_drops_a_partial_last_line_of_metrics(tmp_path, capfd):
     assert not [p.name for p in (tmp_path / "part").iterdir() if p.name.endswith((".tmp", ".part"))]
 
 
+@pytest.mark.slow
 def test_a_run_killed_before_its_first_checkpoint_resumes_from_nothing(tmp_path, monkeypatch,
                                                                        capfd):  # fmt: skip
     """Fault 4: a fresh run into the folder says in one line to pass --resume or delete it;
@@ -482,6 +484,7 @@ def test_a_folder_with_only_run_json_is_refused_fresh_and_resumed_from_nothing(t
     assert [r["step"] for r in _records(out)] == [0, 1, 1]
 
 
+@pytest.mark.slow
 def test_cli_a_folder_killed_before_its_first_checkpoint(tmp_path):
     """Through the CLI (an AR run, which --resume once refused as a "different config"): a
     fresh run is one line of error, --resume starts over and says so."""
