@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import math
 import random
+import sys
 from pathlib import Path
 from types import SimpleNamespace
 
+import pytest
 import torch
 
 from dind.config import BlockSizeDistribution, ModelConfig, NoiseConfig, RunConfig, TrainConfig
@@ -146,3 +148,22 @@ def random_dit(cfg: ModelConfig) -> DiT:
     for blk in model.blocks:
         torch.nn.init.normal_(blk.adaLN_modulation.weight, std=0.2)
     return model
+
+
+def dind(monkeypatch, capsys, *args) -> tuple[int, str, str]:
+    """``dind ARGS`` in this process: (exit code, stdout, stderr)."""
+    monkeypatch.setattr(sys, "argv", ["dind", *map(str, args)])
+    with pytest.raises(SystemExit) as e:
+        from dind.cli import main
+
+        main()
+    out = capsys.readouterr()
+    return e.value.code, out.out, out.err
+
+
+def one_error(code: int, err: str, *parts: str) -> None:
+    """Exit 2 and exactly one line on stderr: ``error: ...`` holding every one of ``parts``."""
+    lines = [x for x in err.splitlines() if x.strip()]
+    assert code == 2 and len(lines) == 1 and lines[0].startswith("error: "), err
+    for part in parts:
+        assert part in lines[0], (part, lines[0])

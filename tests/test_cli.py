@@ -11,14 +11,12 @@ regular file (``FILE/sub/out.jsonl``), and a folder that refuses new files is si
 from __future__ import annotations
 
 import json
-import sys
 import threading
 
 import pytest
 import torch
 
 from dind import checkpoint as ckpt
-from dind.cli import main
 from dind.config import ModelConfig, RunConfig, SamplerConfig, TrainConfig
 from dind.errors import DindError
 from dind.evaluate import heldout_nelbo
@@ -28,6 +26,7 @@ from dind.sampler import MAX_SAMPLES
 from dind.samples import Sample, read_samples, write_samples
 from dind.tokenizer import train_bpe
 from dind.utils import write_json
+from helpers import dind, one_error
 
 pytestmark = pytest.mark.usefixtures("isolated_cache")
 
@@ -44,23 +43,6 @@ def run_dir(tmp_path_factory):
     folder = tmp_path_factory.mktemp("cli") / "run"
     ckpt.save_checkpoint(folder / "checkpoint", DiT(cfg), run, tokenizer, {4: (1e-3, 1.0)})
     return folder
-
-
-def dind(monkeypatch, capsys, *args) -> tuple[int, str, str]:
-    """``dind ARGS`` in this process: (exit code, stdout, stderr)."""
-    monkeypatch.setattr(sys, "argv", ["dind", *map(str, args)])
-    with pytest.raises(SystemExit) as e:
-        main()
-    out = capsys.readouterr()
-    return e.value.code, out.out, out.err
-
-
-def one_error(code: int, err: str, *parts: str) -> None:
-    """Exit 2 and exactly one line on stderr: ``error: ...`` holding every one of ``parts``."""
-    lines = [x for x in err.splitlines() if x.strip()]
-    assert code == 2 and len(lines) == 1 and lines[0].startswith("error: "), err
-    for part in parts:
-        assert part in lines[0], (part, lines[0])
 
 
 def never(what: str):

@@ -35,27 +35,12 @@ from dind.config import (
     preset,
 )
 from dind.grid import SweepOptions
+from helpers import dind, one_error
 
 REPO = Path(__file__).resolve().parents[1]
 SWEEPS = ("gamma", "policy", "nfe", "topp", "mix")
 
 pytestmark = pytest.mark.usefixtures("isolated_cache")
-
-
-def dind(monkeypatch, capsys, *args) -> tuple[int, str, str]:
-    """``dind ARGS`` in this process: (exit code, stdout, stderr)."""
-    monkeypatch.setattr(sys, "argv", ["dind", *map(str, args)])
-    with pytest.raises(SystemExit) as e:
-        main()
-    out = capsys.readouterr()
-    return e.value.code, out.out, out.err
-
-
-def one_error(code: int, err: str, *parts: str) -> None:
-    lines = [x for x in err.splitlines() if x.strip()]
-    assert code == 2 and len(lines) == 1 and lines[0].startswith("error: "), err
-    for part in parts:
-        assert part in lines[0], (part, lines[0])
 
 
 def command(*path: str):
