@@ -219,7 +219,9 @@ def test_bad_stages_and_lengths_say_what_is_wrong(run_dir, tmp_path, monkeypatch
     "args,message",
     [
         (["bench", "sample", "--length", "-4"], "--length must be positive, got -4"),
-        (["bench", "sample", "--num-samples", "0"], "--num-samples must be positive, got 0"),
+        (["bench", "sample", "--repeats", "0"], "--repeats must be positive, got 0"),
+        (["bench", "sample", "--batch-sizes", "1,0"], "--batch-sizes must be positive, got 0"),
+        (["bench", "sample", "--batch-sizes", "1,x"], "--batch-sizes: write integers"),
         (["bench", "train", "--steps", "0"], "--steps must be positive, got 0"),
     ],
 )

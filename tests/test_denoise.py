@@ -98,3 +98,32 @@ def test_batched_draw_is_the_per_row_draw(rule, top_p):
     g = gens()  # rows 3 and 5 alone: the same tokens as in the batch
     alone, _ = draw(probs[[3, 5]], top_p, [g[2], g[3]], rule)
     assert alone.tolist() == [tokens[3].item(), tokens[5].item()]
+
+
+@pytest.mark.parametrize("k", [1, 3, 50])
+def test_batched_position_picks_match_a_per_row_loop(k):
+    """``uniform_picks`` against the loop it replaces: row r's candidates are its masked
+    positions in order, and its generator picks one (randint) or orders them (randperm)."""
+    from dind.denoise import masked_first, uniform_picks
+
+    masked = torch.rand(6, 16, generator=torch.Generator().manual_seed(1)) < 0.4
+    masked[2] = False  # a finished row takes no part
+    masked[4] = True
+    rows = [r for r in range(6) if masked[r].any()]
+    picks = uniform_picks(masked, rows, [torch.Generator().manual_seed(r) for r in range(6)], k)
+    counts = masked.sum(1).tolist()
+    assert picks.shape == (6, min(k, max(counts)))
+    for r in rows:
+        candidates = torch.nonzero(masked[r]).flatten()
+        g = torch.Generator().manual_seed(r)
+        if k == 1:
+            want = candidates[torch.randint(len(candidates), (1,), generator=g)]
+        else:
+            want = candidates[torch.randperm(len(candidates), generator=g)[:k]]
+        n = len(want)
+        assert picks[r, :n].tolist() == want.tolist()
+        assert (picks[r, n:] == want[0]).all()  # padding repeats the first pick
+    index, valid = masked_first(masked)
+    for r in range(6):
+        mine = torch.nonzero(masked[r]).flatten().tolist()
+        assert index[r, valid[r]].tolist() == mine and valid[r].sum() == len(mine)

@@ -727,3 +727,26 @@ def test_no_mask_block_pass_matches_the_all_true_mask_on_cuda(tiny_cfg):
         with torch.autocast("cuda", dtype=torch.bfloat16):
             bare, masked = model(x).float(), model(x, mask=full).float()
     torch.testing.assert_close(bare, masked, rtol=2e-2, atol=2e-2)
+
+
+@pytest.mark.parametrize("policy", ["snapshot", "posthoc", "random"])
+def test_batched_remask_choice_is_each_row_chosen_alone(policy):
+    """``select_batch`` against a per-row reference written out in full: the n lowest eligible
+    scores (ties to the lower position), or a random subset from the row's own generator."""
+    B, L, n = 5, 20, 7
+    scores = torch.rand(B, L, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    scores[1, 4:9] = 0.25  # ties
+    eligible = torch.ones(L, dtype=torch.bool)
+    eligible[:3] = False
+    got = remask.select_batch(scores, eligible, n, policy,
+                              [torch.Generator().manual_seed(s) for s in range(B)])  # fmt: skip
+    for r in range(B):
+        allowed = [i for i in range(L) if eligible[i]]
+        if policy == "random":
+            perm = torch.randperm(len(allowed), generator=torch.Generator().manual_seed(r))
+            want = sorted(allowed[int(i)] for i in perm[:n])
+        else:
+            want = sorted(sorted(allowed, key=lambda i: (float(scores[r, i]), i))[:n])
+        assert got[r].tolist() == want
+    assert remask.select_batch(scores, eligible, 99, policy, [torch.Generator()] * B).shape == (
+        B, L - 3)  # fmt: skip

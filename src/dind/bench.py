@@ -3,8 +3,10 @@
 ``bench_train`` times one optimizer step of the mixed-scale BD3 objective against the AR
 objective on the same model and the same tokens, interleaving the two so that both see the
 same machine state, and reports the median seconds per step and their ratio.
-``bench_sample`` samples at ``dind sample``'s precisions (``--dtype``, default auto: bf16
-autocast on CUDA, fp32 on the CPU) and records the one it ran as ``dtype``.
+``bench_sample`` times sampling (AR decoding, stage 1 with and without the KV cache, two
+stages one token per call and with a parallel rule) at several batch sizes, in seconds per
+sample and tokens per second, at ``dind sample``'s precisions (``--dtype``, default auto:
+bf16 autocast on CUDA, fp32 on the CPU), and records the one it ran as ``dtype``.
 """
 
 from __future__ import annotations
@@ -16,8 +18,15 @@ from typing import Any
 
 import torch
 
-from dind.config import BlockSizeDistribution, ModelConfig, SamplerConfig, preset
+from dind.config import (
+    SAMPLE_SETTINGS,
+    BlockSizeDistribution,
+    ModelConfig,
+    SamplerConfig,
+    preset,
+)
 from dind.devices import default_device, sampling_precision
+from dind.errors import DindError
 from dind.loss import ar_loss, bd3_loss
 from dind.mixed_scale import sample_block_sizes
 from dind.model import DiT
@@ -95,13 +104,29 @@ def bench_train(
 
 
 def bench_sample(
-    preset_name: str = "tiny", length: int = 256, num_samples: int = 2, dtype: str = "auto"
-) -> dict:
-    """Seconds per sample (batch size 1, BD3-LM's protocol) for stage 1 with and without the
-    KV cache, the full two stages (4, L) at gamma 0.25 and 0.5, and AR decoding with a KV
-    cache on a causal model of the same size; all measured in this one run."""
+    preset_name: str = "tiny",
+    length: int = 1024,
+    batch_sizes: tuple[int, ...] = (1, 16),
+    repeats: int = 1,
+    dtype: str = "auto",
+    gamma: float = 0.5,
+    parallel: str = "16",
+    settings: tuple[str, ...] = SAMPLE_SETTINGS,
+) -> dict[str, Any]:
+    """Seconds per sample and tokens per second of each setting at each batch size, on a
+    model of the preset's size at length L (random weights: the cost of a call does not
+    depend on them; a threshold rule's call count does, so time ``tau:X`` on a trained model
+    through ``dind sweep parallel`` instead). Each timing is ``repeats`` batches after a short
+    warm-up (the same setting at length 16); all are measured in this one run."""
+    from dind.parallel import Parallel
     from dind.sampler import ar_generate, sample
 
+    unknown = sorted(set(settings) - set(SAMPLE_SETTINGS))
+    if unknown:
+        raise DindError(
+            f"unknown bench setting {unknown[0]!r}: one of {', '.join(SAMPLE_SETTINGS)}"
+        )
+    Parallel.parse(parallel)  # a one-line error before any work
     run = preset(preset_name)
     device = torch.device(default_device())
     cfg = ModelConfig(**{**run.model.__dict__, "seq_len": length, "dropout": 0.0})
@@ -111,27 +136,36 @@ def bench_sample(
     torch.nn.init.normal_(model.output_layer.linear.weight, std=0.02)
     bos, mask = cfg.mask_id - 1, cfg.mask_id
 
-    def timed(fn) -> float:
-        fn()  # warm-up
+    def job(name: str, n: int, batch: int):
+        if name == "ar_cache":
+            return lambda: ar_generate(model, n, batch, bos, mask)
+        stages = (4,) if name.startswith("stage1") else (4, n)
+        scfg = SamplerConfig(
+            stages=stages,
+            remask=() if len(stages) == 1 else (gamma,),
+            length=n,
+            kv_cache=name != "stage1_no_cache",
+            parallel=("1", parallel) if name == "two_stages_parallel" else (),
+        )
+        return lambda: sample(model, scfg, batch, batch, bos, mask)  # fmt: skip
+
+    def timed(name: str, batch: int) -> float:
+        job(name, 16, batch)()  # warm-up: allocations, kernels
         _sync(device)
         t0 = time.perf_counter()
-        for _ in range(num_samples):
-            fn()
+        for _ in range(repeats):
+            job(name, length, batch)()
         _sync(device)
-        return (time.perf_counter() - t0) / num_samples
+        return (time.perf_counter() - t0) / repeats
 
-    def diffusion(stages, remask=(), cache=True):
-        scfg = SamplerConfig(stages=stages, remask=remask, length=length, kv_cache=cache)
-        return lambda: sample(model, scfg, 1, 1, bos, mask)
-
+    figures: dict[str, dict[str, dict[str, float]]] = {}
     with sampling_precision(device, dtype) as dtype:
-        res = {
-            "stage1_cache": timed(diffusion((4,))),
-            "stage1_no_cache": timed(diffusion((4,), cache=False)),
-            "two_stage_gamma0.25": timed(diffusion((4, length), (0.25,))),
-            "two_stage_gamma0.5": timed(diffusion((4, length), (0.5,))),
-            "ar_cache": timed(lambda: ar_generate(model, length, 1, bos, mask)),
-        }
+        for batch in batch_sizes:
+            per = figures[f"batch{batch}"] = {}
+            for name in settings:
+                seconds = timed(name, batch)
+                per[name] = {"seconds_per_sample": seconds / batch,
+                             "tokens_per_s": batch * length / seconds}  # fmt: skip
     return {
         "bench": "sample",
         "preset": preset_name,
@@ -140,11 +174,28 @@ def bench_sample(
         "dtype": dtype,
         "length": length,
         "params": model.num_params(),
-        "num_samples": num_samples,
-        "seconds_per_sample": res,
-        "cache_speedup_stage1": res["stage1_no_cache"] / res["stage1_cache"],
-        "stage1_over_ar_per_token": res["stage1_cache"] / res["ar_cache"],
-        "two_stage_over_stage1": {
-            k: res[k] / res["stage1_cache"] for k in ("two_stage_gamma0.25", "two_stage_gamma0.5")
-        },
+        "repeats": repeats,
+        "gamma": gamma,
+        "parallel": parallel,
+        "figures": figures,
+        "ratios": _sample_ratios(figures, batch_sizes),
     }
+
+
+def _sample_ratios(figures: dict, batch_sizes: tuple[int, ...]) -> dict[str, float]:
+    """The targets' ratios (issue 13) of whatever was timed: wall clock against stage 1 with
+    the cache per batch size, and the tokens per second of the largest batch over batch 1."""
+    out = {}
+    for key, per in figures.items():
+        base = per.get("stage1_cache", {}).get("seconds_per_sample")
+        for name in ("two_stages", "two_stages_parallel", "stage1_no_cache", "ar_cache"):
+            if base and name in per:
+                out[f"{key}:{name}_over_stage1_cache"] = per[name]["seconds_per_sample"] / base
+    big, one = f"batch{max(batch_sizes)}", "batch1"
+    if big != one and one in figures:
+        for name, fig in figures[big].items():
+            if name in figures[one]:
+                out[f"{name}:tokens_per_s_{big}_over_batch1"] = (
+                    fig["tokens_per_s"] / figures[one][name]["tokens_per_s"]
+                )
+    return out

@@ -9,7 +9,7 @@ from typing import Annotated
 
 import typer
 
-from dind.config import AttnBackend, Dtype, PresetName
+from dind.config import SAMPLE_SETTINGS, AttnBackend, Dtype, PresetName
 from dind.errors import DindError
 from dind.utils import check_writable_dir, check_writable_file, write_json
 
@@ -99,22 +99,45 @@ def _check_positive(*options: tuple[str, int | None]) -> None:
 
 @bench_app.command("sample")
 def bench_sample(
-    length: Annotated[int, typer.Option(help="L.")] = 256,
+    length: Annotated[int, typer.Option(help="L.")] = 1024,
     preset: Annotated[PresetName, typer.Option(help="Model size.")] = "tiny",
-    num_samples: Annotated[int, typer.Option(help="Samples per timing.")] = 2,
+    batch_sizes: Annotated[str, typer.Option(help="Batch sizes, comma-separated.")] = "1,16",
+    repeats: Annotated[int, typer.Option(help="Timed batches per figure.")] = 1,
+    gamma: Annotated[float, typer.Option(help="Remask ratio of the two-stage settings.")] = 0.5,
+    parallel: Annotated[
+        str, typer.Option(help="Refinement rule of two_stages_parallel: K, top:K or tau:X.")
+    ] = "16",  # fmt: skip
+    settings: Annotated[
+        str,
+        typer.Option(help="Which to time, comma-separated: " + ", ".join(SAMPLE_SETTINGS) + "."),
+    ] = ",".join(SAMPLE_SETTINGS),  # fmt: skip
     dtype: Annotated[Dtype, typer.Option(help="As dind sample's.")] = "auto",
     out: Annotated[Path | None, typer.Option(help="Also write JSON.")] = None,
 ) -> None:
-    """Seconds per sample: stage 1 with/without cache, two stages, AR decoding."""
+    """Seconds per sample and tokens/s: AR, stage 1 with/without cache, two stages."""
     from dind.bench import bench_sample as run_bench
 
-    _check_positive(("--length", length), ("--num-samples", num_samples))
+    batches = _int_list("--batch-sizes", batch_sizes)
+    _check_positive(
+        ("--length", length), ("--repeats", repeats), *(("--batch-sizes", b) for b in batches)
+    )
+    if not 0.0 <= gamma <= 1.0:
+        raise DindError(f"--gamma must be in [0, 1], got {gamma}")
     if out is not None:
         check_writable_file(out)
-    result = run_bench(preset, length, num_samples, dtype)
+    names = tuple(n.strip() for n in settings.split(",") if n.strip())
+    result = run_bench(preset, length, batches, repeats, dtype, gamma, parallel, names)
     typer.echo(json.dumps(result, indent=2))
     if out is not None:
         write_json(out, result)
+
+
+def _int_list(flag: str, text: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        raise DindError(f"{flag}: write integers separated by commas, got {text!r}") from None
+    return values
 
 
 @bench_app.command("train")

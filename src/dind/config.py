@@ -41,6 +41,13 @@ NUCLEUS_RULES: tuple[str, ...] = get_args(NucleusRule)
 DTYPES: tuple[str, ...] = get_args(Dtype)
 
 
+SAMPLE_SETTINGS = ("ar_cache", "stage1_cache", "stage1_no_cache", "two_stages",
+                   "two_stages_parallel")  # fmt: skip
+"""What ``dind bench sample`` times: AR decoding with a KV cache; stage 1 (block 4) with and
+without the cache; two stages (4, L) at gamma refining one token per call; the same with the
+parallel refinement rule (``dind.parallel``)."""
+
+
 @dataclass
 class ModelConfig:
     """The DiT backbone of BD3-LM, any size."""

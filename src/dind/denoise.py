@@ -205,18 +205,52 @@ def denoise_block(
         raise ValueError(f"unknown sampler {settings.sampler!r}")
 
 
+def nth_masked(masked: Tensor, n: Tensor) -> Tensor:
+    """(B, k) block offsets of the ``n[b, j]``-th (0-based) masked position of each row of
+    ``masked`` (B, bs); every ``n[b, j]`` must be below row b's masked count."""
+    rank = masked.long().cumsum(1) - 1  # (B, bs): the rank of each masked position
+    hit = (rank[:, None, :] == n[:, :, None]) & masked[:, None, :]  # (B, k, bs)
+    return hit.long().argmax(-1)
+
+
+def uniform_picks(masked: Tensor, rows: list[int], generators, k: int = 1) -> Tensor:
+    """(B, w) block offsets, w = min(k, the most masked positions of a row): for each row in
+    ``rows``, min(k, its masked count) of its masked positions in a uniformly random order
+    from the row's own generator (``randint`` for one, a ``randperm`` for several), padded
+    with its first pick. Only the draws are per row (one generator call each, after one host
+    read of the counts); the positions are found in one batched computation."""
+    counts = masked.sum(1).tolist()
+    width = min(k, max(counts))
+    n = torch.zeros(masked.shape[0], width, dtype=torch.long, device=masked.device)
+    draws = []
+    for r in rows:
+        g = generators[r]
+        if k == 1:
+            draws.append(torch.randint(counts[r], (1,), generator=g, device=g.device))
+        else:
+            d = torch.randperm(counts[r], generator=g, device=g.device)[:width]
+            draws.append(torch.cat([d, d[:1].expand(width - len(d))]))
+    n[torch.tensor(rows, device=n.device)] = torch.stack(draws).to(n.device)
+    return nth_masked(masked, n)
+
+
+def masked_first(masked: Tensor) -> tuple[Tensor, Tensor]:
+    """((B, w) block offsets, (B, w) valid): each row's masked positions in order, padded
+    with its first one (w the most masked positions of a row)."""
+    counts = masked.sum(1)
+    width = int(counts.max())
+    order = torch.sort((~masked).long(), dim=1, stable=True).indices[:, :width]
+    valid = torch.arange(width, device=masked.device)[None, :] < counts[:, None]
+    return torch.where(valid, order, order[:, :1]), valid
+
+
 def _first_hitting(view, x, conf, start, end, s, generators, nfe) -> None:
     """Each call commits exactly one masked position per sample, chosen uniformly."""
     masked = x[:, start:end] == s.mask_id  # (B, bs)
     while masked.any():
         rows = torch.nonzero(masked.any(1)).flatten().tolist()
-        picks = torch.zeros(x.shape[0], 1, dtype=torch.long, device=x.device)
-        for r in rows:  # the position does not depend on the logits: choose it first
-            candidates = torch.nonzero(masked[r]).flatten()
-            g = generators[r]
-            picks[r] = candidates[
-                torch.randint(len(candidates), (1,), generator=g, device=g.device)
-            ]
+        # the position does not depend on the logits: choose it first
+        picks = uniform_picks(masked, rows, generators)  # (B, 1)
         logits = view.logits(x, start, end, index=picks)  # (B, 1, V): only where committed
         idx = torch.tensor(rows, device=x.device)
         j = picks[idx, 0]
@@ -229,63 +263,59 @@ def _first_hitting(view, x, conf, start, end, s, generators, nfe) -> None:
 def _parallel(view, x, conf, start, end, s, generators, nfe) -> None:
     """Each call commits several masked positions per sample (``dind.parallel``): K chosen
     uniformly, the K the prediction is most confident about, or those whose drawn token
-    reaches tau (at least one)."""
+    reaches tau (at least one). One batched computation per call: only the draws are per
+    row, from each row's own generator (a row's entries in column order)."""
     par = s.parallel
     masked = x[:, start:end] == s.mask_id  # (B, bs)
     while masked.any():
-        rows = torch.nonzero(masked.any(1)).flatten().tolist()
-        # the positions each row asks logits for: its uniform picks, or all its masked ones
-        asked = {}
-        for r in rows:
-            candidates = torch.nonzero(masked[r]).flatten()
-            if par.pick == "uniform":
-                g = generators[r]
-                order = torch.randperm(len(candidates), generator=g, device=g.device)
-                candidates = candidates[order[: par.k].to(candidates.device)]
-            asked[r] = candidates
-        width = max(len(c) for c in asked.values())
-        index = torch.zeros(x.shape[0], width, dtype=torch.long, device=x.device)
-        for r, c in asked.items():  # padded with the row's first position (not committed)
-            index[r, : len(c)], index[r, len(c) :] = c, c[0]
-        logits = view.logits(x, start, end, index=index)  # (B, width, V)
-        commit_rows, commit_cols, commit_probs, gens = [], [], [], []
-        for r, c in asked.items():
-            probs = token_probs(logits[r, : len(c)], s.mask_id)  # (n, V)
-            if par.pick == "top":  # the k largest top-token probabilities, earlier on ties
-                best = probs.max(-1).values.sort(descending=True, stable=True).indices
-                keep = best[: par.k].sort().values
-                tokens = None
-            elif par.pick == "tau":  # only a position whose top token reaches tau can pass
-                top = probs.max(-1).values
-                keep = torch.nonzero(top >= par.tau).flatten()
-                if len(keep) == 0:
-                    keep = top.argmax().reshape(1)
-                tokens, _ = draw(probs[keep], s.top_p, [generators[r]] * len(keep), s.nucleus)
-                drawn_p = probs[keep].gather(-1, tokens[:, None])[:, 0]
-                passed = drawn_p >= par.tau
-                if not passed.any():  # at least one per call: the most confident position
-                    passed[top[keep].argmax()] = True
-                keep, tokens = keep[passed], tokens[passed]
-            else:
-                keep, tokens = torch.arange(len(c), device=probs.device), None
-            commit_rows += [r] * len(keep)
-            commit_cols.append(c[keep.to(c.device)])
-            commit_probs.append((probs[keep], tokens))
-            gens += [generators[r]] * len(keep)
-        cols = torch.cat(commit_cols)
-        r_idx = torch.tensor(commit_rows, device=x.device)
-        probs = torch.cat([p for p, _ in commit_probs])
-        drawn = [t for _, t in commit_probs]
-        if all(t is None for t in drawn):  # uniform and top draw their tokens here
-            _commit(x, conf, r_idx, start + cols, probs, s, gens)
-        else:  # tau drew them to apply its rule: commit those draws
-            tokens = torch.cat(drawn)
-            x[r_idx, start + cols] = tokens
-            p_nucleus = nucleus_probs(probs, s.top_p, s.nucleus).gather(-1, tokens[:, None])[:, 0]
-            p_model = probs.gather(-1, tokens[:, None])[:, 0]
-            conf[r_idx, start + cols] = p_nucleus if s.confidence == "nucleus" else p_model
+        active = masked.any(1)
+        rows = torch.nonzero(active).flatten().tolist()
+        if par.pick == "uniform":  # the positions do not depend on the logits
+            index = uniform_picks(masked, rows, generators, par.k)
+            counts = masked.sum(1, keepdim=True)
+            valid = torch.arange(index.shape[1], device=x.device)[None, :] < counts
+        else:  # every masked position asks for its logits
+            index, valid = masked_first(masked)
+        logits = view.logits(x, start, end, index=index)  # (B, w, V)
+        probs = token_probs(logits[valid], s.mask_id)  # (N, V): the entries asked, row-major
+        if par.pick == "uniform":
+            keep = valid
+        else:
+            top = torch.full(valid.shape, -1.0, dtype=probs.dtype, device=x.device)
+            top[valid] = probs.max(-1).values  # the top-token probability of each entry
+            if par.pick == "top":  # the k largest, earlier on ties
+                rank = torch.sort(top, dim=1, descending=True, stable=True).indices.argsort(1)
+                keep = valid & (rank < par.k)
+            else:  # tau: only a position whose top token reaches tau can pass
+                keep = valid & (top >= par.tau)
+                keep[active & ~keep.any(1), :] |= _first_max(top)[active & ~keep.any(1)]
+        entries = keep[valid]  # which of the N entries are kept (row-major)
+        gens = [generators[r] for r in keep.nonzero()[:, 0].tolist()]
+        tokens, p_nucleus = draw(probs[entries], s.top_p, gens, s.nucleus)
+        p_model = probs[entries].gather(-1, tokens[:, None])[:, 0]
+        if par.pick == "tau":  # a drawn token below tau is not committed; at least one
+            drawn = torch.full(valid.shape, -1.0, dtype=probs.dtype, device=x.device)
+            drawn[keep] = p_model
+            passed = keep & (drawn >= par.tau)
+            none = active & ~passed.any(1)
+            passed[none, :] |= _first_max(torch.where(keep, top, -1.0))[none]
+            tokens, p_nucleus, p_model = (t[passed[keep]] for t in (tokens, p_nucleus, p_model))
+            keep = passed
+        r_idx, j = keep.nonzero(as_tuple=True)
+        cols = index[r_idx, j]
+        x[r_idx, start + cols] = tokens
+        conf[r_idx, start + cols] = (p_nucleus if s.confidence == "nucleus" else p_model).to(
+            conf.dtype
+        )
         masked[r_idx, cols] = False
-        nfe[torch.tensor(rows, device=nfe.device)] += 1
+        nfe += active.long()
+
+
+def _first_max(values: Tensor) -> Tensor:
+    """(B, w) bool: True at the first largest entry of each row."""
+    first = torch.zeros_like(values, dtype=torch.bool)
+    first[torch.arange(values.shape[0], device=values.device), values.argmax(1)] = True
+    return first
 
 
 def _ancestral(view, x, conf, start, end, s, generators, nfe) -> None:

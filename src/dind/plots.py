@@ -9,13 +9,13 @@ from typing import Any
 from dind.frontier import STAGE1
 
 
-def _figure():
+def _figure(panels: int = 1):
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=120)
+    fig, ax = plt.subplots(1, panels, figsize=(6.4 * panels, 4.2), dpi=120)
     return plt, fig, ax
 
 
@@ -77,9 +77,18 @@ def plot_policy(summary: list[dict[str, Any]], judge: str) -> bytes:
 
 
 def plot_nfe(summary: list[dict[str, Any]], judge: str) -> bytes:
-    plt, fig, ax = _figure()
-    _lines(ax, summary, (("one stage", "s"), ("two stages", "o")), "nfe_mean", "nfe_mean")
+    """Gen PPL against NFEs, and beside it against seconds per sample: an NFE of stage 1 is a
+    pass over one block against the KV cache, one of a later stage a pass over L tokens."""
+    plt, fig, (ax, ax_s) = _figure(panels=2)
+    series = (("one stage", "s"), ("two stages", "o"))
+    _lines(ax, summary, series, "nfe_mean", "nfe_mean")
     ax.set_xlabel("NFEs per sample")
+    timed = [s for s in summary if s.get("seconds_mean") is not None]
+    _lines(ax_s, timed, series, "seconds_mean", "seconds_mean")
+    ax_s.set_xlabel("seconds per sample (wall clock)")
+    ax_s.set_title("Quality against seconds")
+    if timed:  # summaries written before seconds were recorded leave the panel empty
+        ax_s.legend(fontsize=8)
     return _png(plt, fig, ax, judge, "Quality against NFEs")
 
 

@@ -23,25 +23,37 @@ from torch import Tensor
 from dind.config import POLICIES
 from dind.denoise import token_probs
 
-__all__ = ["POLICIES", "posthoc_scores", "select"]
+__all__ = ["POLICIES", "posthoc_scores", "select", "select_batch"]
 
 
 def select(
     scores: Tensor, eligible: Tensor, n: int, policy: str, generator: torch.Generator
 ) -> Tensor:
     """Positions (sorted) to mask again for one sample: scores (L,), eligible (L,) bool."""
+    return select_batch(scores[None], eligible, n, policy, [generator])[0]
+
+
+def select_batch(
+    scores: Tensor, eligible: Tensor, n: int, policy: str, generators: list[torch.Generator]
+) -> Tensor:
+    """(B, n') positions (sorted per row) to mask again, n' = min(n, eligible positions):
+    scores (B, L), eligible (L,) bool, row b's random choice from ``generators[b]``. One
+    batched sort; only the random policy draws per row (a ``randperm`` each)."""
+    eligible = eligible.to(scores.device)
     n = min(n, int(eligible.sum()))
+    B = scores.shape[0]
     if n == 0:
-        return torch.zeros(0, dtype=torch.long, device="cpu")
+        return torch.zeros(B, 0, dtype=torch.long, device=scores.device)
     if policy == "random":
-        candidates = torch.nonzero(eligible.cpu()).flatten()
-        order = torch.randperm(len(candidates), generator=generator, device=generator.device)
-        return candidates[order[:n].cpu()].sort().values
-    ranked = torch.where(
-        eligible.cpu(), scores.double().cpu(), torch.tensor(float("inf"), device="cpu")
-    )
-    order = torch.sort(ranked, stable=True).indices  # ties: lower position first
-    return order[:n].sort().values
+        candidates = torch.nonzero(eligible).flatten()
+        order = torch.stack([
+            torch.randperm(len(candidates), generator=g, device=g.device)[:n] for g in generators
+        ]).to(scores.device)  # fmt: skip
+        return candidates[order].sort(dim=1).values
+    inf = torch.tensor(float("inf"), dtype=torch.float64, device=scores.device)
+    ranked = torch.where(eligible[None, :], scores.double(), inf)
+    order = torch.sort(ranked, dim=1, stable=True).indices  # ties: lower position first
+    return order[:, :n].sort(dim=1).values
 
 
 @torch.no_grad()

@@ -75,7 +75,7 @@ def write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
 def format_summary(summary: list[dict[str, Any]], judge: str) -> str:
     lines = [f"Gen PPL under {judge}, mean ± std over seeds (min-max)",
              f"{'setting':<44} {'Gen PPL':>17} {'range':>15} {'vs stage 1':>11} "
-             f"{'entropy':>8} {'NFE':>6}"]  # fmt: skip
+             f"{'entropy':>8} {'NFE':>6} {'seconds':>8}"]  # fmt: skip
     for s in summary:
         delta, gap = s.get("delta_vs_stage1"), s.get("matched_gap_log_mean")
         vs = "" if delta is None else f"{delta:+.1f} ({s['better_than_stage1_seeds']})"
@@ -84,9 +84,13 @@ def format_summary(summary: list[dict[str, Any]], judge: str) -> str:
         lines.append(
             f"{s['setting']:<44} {s['gen_ppl_mean']:>9.1f} ± {s['gen_ppl_std']:<5.1f} "
             f"{s['gen_ppl_min']:>7.1f}-{s['gen_ppl_max']:<7.1f} {vs:>11} "
-            f"{s['entropy_mean']:>8.2f} {s['nfe_mean']:>6.0f}"
+            f"{s['entropy_mean']:>8.2f} {s['nfe_mean']:>6.0f} {_seconds(s.get('seconds_mean')):>8}"
         )
     return "\n".join(lines)
+
+
+def _seconds(value: float | None) -> str:
+    return "" if value is None else f"{value:.3g}"
 
 
 @dataclass
@@ -119,7 +123,8 @@ def write_sweep(
 SUMMARY_COLUMNS = (("setting", "setting"), ("Gen PPL", "gen_ppl_mean"),
                    ("± (seeds)", "gen_ppl_std"), ("min", "gen_ppl_min"), ("max", "gen_ppl_max"),
                    ("vs stage 1", "delta_vs_stage1"), ("seeds better", "better_than_stage1_seeds"),
-                   ("entropy", "entropy_mean"), ("NFE", "nfe_mean"))  # fmt: skip
+                   ("entropy", "entropy_mean"), ("NFE", "nfe_mean"),
+                   ("seconds", "seconds_mean"))  # fmt: skip
 CAPTIONS = {
     "gamma": "Revision scope: Gen PPL against gamma per stage-2 block size (Figure 2)",
     "policy": "Remasking policies (Table 2)",

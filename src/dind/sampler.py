@@ -156,7 +156,7 @@ def sample_batch(
     generators = [torch.Generator(device=device).manual_seed(s) for s in seeds]
     settings = DenoiseSettings(mask_id, cfg.top_p, cfg.nucleus, cfg.confidence, cfg.sampler,
                                cfg.steps)  # fmt: skip
-    eligible = torch.ones(L, dtype=torch.bool, device="cpu")  # read on the host (remask.select)
+    eligible = torch.ones(L, dtype=torch.bool, device=device)
     eligible[: len(prefix)] = False
     if drafts is None:
         first = 0
@@ -187,12 +187,9 @@ def sample_batch(
                 windows = stage_spans(L, L, window, stride)  # [(0, L)] inside the context
                 scores = remask.posthoc_scores(model, x, mask_id, windows)
                 extra += len(windows)  # the extra forward passes are denoiser calls
-            chosen = [
-                remask.select(scores[r], eligible, n, cfg.remask_policy, generators[r])
-                for r in range(B)
-            ]
-            for r, pos in enumerate(chosen):
-                x[r, pos.to(device)] = mask_id
+            chosen = remask.select_batch(scores, eligible, n, cfg.remask_policy, generators)
+            x.scatter_(1, chosen, mask_id)
+            chosen = chosen.tolist()
         stage = dataclasses.replace(settings, parallel=cfg.parallel_rule(k))
         nfe, passes = run_stage(model, x, conf, block_size, stage, generators, cfg.kv_cache,
                                 window, stride)  # fmt: skip

@@ -1,0 +1,78 @@
+"""``dind bench sample``: what it times and the ratios it reports, on a tiny model at a short
+length (the figures themselves belong in dev/LOG.md, never in a test)."""
+
+import struct
+
+import pytest
+
+from dind.bench import _sample_ratios, bench_sample
+from dind.config import SAMPLE_SETTINGS
+from dind.errors import DindError
+from dind.plots import plot_gamma, plot_nfe
+
+
+def test_bench_sample_times_every_setting_at_every_batch_size():
+    out = bench_sample("tiny", length=16, batch_sizes=(1, 2), parallel="4")
+    assert out["length"] == 16 and out["threads"] >= 1
+    assert set(out["figures"]) == {"batch1", "batch2"}
+    for per in out["figures"].values():
+        assert set(per) == set(SAMPLE_SETTINGS)
+        for fig in per.values():
+            # tokens per second and seconds per sample describe one timing
+            assert fig["seconds_per_sample"] > 0
+            assert fig["tokens_per_s"] * fig["seconds_per_sample"] == pytest.approx(16)
+    ratios = out["ratios"]
+    b2 = out["figures"]["batch2"]
+    assert ratios["batch2:two_stages_over_stage1_cache"] == pytest.approx(
+        b2["two_stages"]["seconds_per_sample"] / b2["stage1_cache"]["seconds_per_sample"]
+    )
+    assert ratios["ar_cache:tokens_per_s_batch2_over_batch1"] == pytest.approx(
+        b2["ar_cache"]["tokens_per_s"] / out["figures"]["batch1"]["ar_cache"]["tokens_per_s"]
+    )
+
+
+def test_bench_ratios_need_their_baseline():
+    figures = {"batch1": {"two_stages": {"seconds_per_sample": 2.0, "tokens_per_s": 8.0}}}
+    assert _sample_ratios(figures, (1,)) == {}  # no stage-1 timing, no batch-16 timing
+    figures["batch1"]["stage1_cache"] = {"seconds_per_sample": 0.5, "tokens_per_s": 32.0}
+    assert _sample_ratios(figures, (1,)) == {"batch1:two_stages_over_stage1_cache": 4.0}
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"settings": ("stage1_cache", "beam")}, "unknown bench setting 'beam'"),
+        ({"parallel": "often"}, "often"),
+    ],  # fmt: skip
+)
+def test_bench_sample_rejects_bad_settings_before_any_work(kwargs, message):
+    with pytest.raises(DindError, match=message):
+        bench_sample("tiny", length=16, **kwargs)
+
+
+def _png_width(png: bytes) -> int:
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
+    return struct.unpack(">I", png[16:20])[0]
+
+
+def test_nfe_plot_draws_quality_against_seconds_beside_nfes():
+    rows = [
+        {
+            "series": series,
+            "nfe_mean": nfe,
+            "seconds_mean": sec,
+            "gen_ppl_mean": ppl,
+            "gen_ppl_std": 1.0,
+        }  # fmt: skip
+        for series, nfe, sec, ppl in [
+            ("one stage", 32, 0.2, 40.0),
+            ("two stages", 48, 0.3, 35.0),
+            ("two stages", 64, 0.4, 33.0),
+        ]  # fmt: skip
+    ]
+    one_panel = _png_width(plot_gamma([dict(r, x=0.5) for r in rows], "smollm2"))
+    two_panels = _png_width(plot_nfe(rows, "smollm2"))
+    assert two_panels > 1.8 * one_panel
+    # summaries written before seconds were recorded still plot (an empty seconds panel)
+    untimed = [{k: v for k, v in r.items() if k != "seconds_mean"} for r in rows]
+    assert _png_width(plot_nfe(untimed, "smollm2")) == two_panels
