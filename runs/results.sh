@@ -76,3 +76,11 @@ m=$out/models/shakespeare-unclipped-s0
   --out "$out/shakespeare-unclipped-s0" "${common[@]}"
 [ -e "$out/shakespeare-unclipped-s0/topp.csv" ] || "$dind" sweep topp --checkpoint "$m" \
   --out "$out/shakespeare-unclipped-s0" --top-ps 0.9,0.8,0.7,0.5 --gammas 0.25,0.5 "${common[@]}"
+
+# 8. Fast refinement (issue 13): stage 1, and two stages (gamma 0.25/0.5) committing K = 1, 2,
+#    4, 8, 16 positions per call (uniform or most confident) or every token reaching tau = 0.7,
+#    0.9, 0.99; Gen PPL and entropy against seconds, on the seed-0 model of each corpus.
+[ -e "$out/shakespeare-s0/parallel.csv" ] || "$dind" sweep parallel \
+  --checkpoint "$out/models/shakespeare-s0" --out "$out/shakespeare-s0" "${common[@]}"
+[ -e "$out/synthetic-s0/parallel.csv" ] || "$dind" sweep parallel \
+  --checkpoint "$out/models/synthetic-s0" --out "$out/synthetic-s0" --judge oracle "${common[@]}"

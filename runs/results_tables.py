@@ -89,6 +89,38 @@ def table(kind: str, models: dict[int, list[dict]]) -> None:
         print("| " + " | ".join(cells) + " |")
 
 
+def paired_change(per: dict, one: dict, key: str) -> float:
+    """Mean over the shared sampling seeds of per[seed][key] / one[seed][key] - 1."""
+    return statistics.fmean(per[s][key] / one[s][key] - 1 for s in per if s in one)
+
+
+def parallel_table(rows: list[dict]) -> None:
+    """Fast refinement (issue 13), one model: each setting against one-token-per-call
+    refinement at the same gamma (paired over sampling seeds: same drafts) and its wall clock
+    against stage 1's."""
+    by = defaultdict(dict)
+    for r in rows:
+        by[r["setting"]][r["seed"]] = r
+    stage1 = next(n for n, per in by.items() if next(iter(per.values()))["series"] == STAGE1)
+    sec1 = statistics.fmean(r["seconds"] for r in by[stage1].values())
+    head = ["setting", "Gen PPL ± seeds", "vs 1 per call", "entropy", "vs 1 per call",
+            "NFE", "s/sample", "x stage 1's seconds"]  # fmt: skip
+    print("| " + " | ".join(head) + " |")
+    print("|" + "---|" * len(head))
+    for name, per in by.items():
+        one = by.get(re.sub(r", (top:)?\d+ per call$|, tau [\d.]+$", ", 1 per call", name))
+        mean = lambda key, per=per: statistics.fmean(r[key] for r in per.values())  # noqa: E731
+        ppl = [r["gen_ppl"] for r in per.values()]
+        sd = statistics.stdev(ppl) if len(ppl) > 1 else 0.0
+        vs = ("", "") if one is None or one is per else (
+            f"{paired_change(per, one, 'gen_ppl'):+.1%}",
+            f"{paired_change(per, one, 'entropy'):+.2%}")  # fmt: skip
+        cells = [name, f"{mean('gen_ppl'):.1f} ± {sd:.1f}", vs[0], f"{mean('entropy'):.3f}",
+                 vs[1], f"{mean('nfe'):.0f}", f"{mean('seconds'):.3f}",
+                 f"{mean('seconds') / sec1:.2f}"]  # fmt: skip
+        print("| " + " | ".join(cells) + " |")
+
+
 folders = defaultdict(dict)
 for folder in sorted(root.glob("*-s[0-9]*")):
     m = re.fullmatch(r"(.+)-s(\d+)", folder.name)
@@ -105,6 +137,12 @@ for corpus, by_seed in folders.items():
         first = by_seed[min(by_seed)] / f"{kind}.png"
         if first.exists():
             shutil.copy(first, docs / f"{prefix}{corpus}_{kind}.png")
+    for seed, f in sorted(by_seed.items()):
+        if (f / "parallel_seeds.csv").is_file():
+            print(f"\n### {corpus} / parallel (training seed {seed})\n")
+            parallel_table(rows_of(f / "parallel_seeds.csv"))
+            if (f / "parallel.png").exists():
+                shutil.copy(f / "parallel.png", docs / f"{prefix}{corpus}_parallel.png")
 
 mix = root / "mix" / "mix.csv"
 if mix.is_file():

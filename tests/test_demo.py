@@ -41,6 +41,8 @@ def test_demo_short_mode(tmp_path):
     main = next(r for r in gamma if r["setting"] == "block 128, gamma 0.5")
     same = topp["two stages (block 128, gamma 0.5), top-p 0.9"]
     assert same["gen_ppl_mean"] == main["gen_ppl_mean"]
+    # drawn once, not twice: a second draw would have taken other seconds
+    assert same["seconds_mean"] == main["seconds_mean"] != ""
     assert "Raw: two stages change Gen PPL" in text and "At matched entropy" in text
     page = (out / "report.html").read_text()
     assert page.count("<section><h2>Sample") == 2  # the two samples of the main setting

@@ -76,10 +76,12 @@ def run_demo(
           f"{len(gamma_grid) - 1} gamma settings and {len(policies)} remasking policies, "
           f"all refining the same stage-1 drafts, and the frontier: stage 1 and two stages at "
           f"top-p {', '.join(f'{p:g}' for p in TOP_PS)}")  # fmt: skip
-    rows = draw_and_judge(ck.model, tok, gamma_grid + policies, opts, scorer, out / "samples",
-                          "demo")  # fmt: skip
-    frontier_rows = draw_and_judge(ck.model, tok, frontier_grid, opts, scorer, out / "samples",
-                                   "frontier")  # fmt: skip
+    # one call: the frontier's top-p 0.9 settings are the main comparison's own samples
+    # (drawn and judged once, saved under both names)
+    rows = draw_and_judge(ck.model, tok, gamma_grid + policies + frontier_grid, opts, scorer,
+                          out / "samples", "demo")  # fmt: skip
+    frontier_names = {s.name for s in frontier_grid}
+    frontier_rows = [r for r in rows if r["setting"] in frontier_names]
     meta = {"checkpoint": str(out), "length": L, "judge": scorer.name, "seeds": list(seeds),
             "num_samples": num_samples}  # fmt: skip
     gamma_names = {s.name for s in gamma_grid}
