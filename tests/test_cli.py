@@ -221,7 +221,12 @@ def test_bad_stages_and_lengths_say_what_is_wrong(run_dir, tmp_path, monkeypatch
         (["bench", "sample", "--length", "-4"], "--length must be positive, got -4"),
         (["bench", "sample", "--repeats", "0"], "--repeats must be positive, got 0"),
         (["bench", "sample", "--batch-sizes", "1,0"], "--batch-sizes must be positive, got 0"),
-        (["bench", "sample", "--batch-sizes", "1,x"], "--batch-sizes: write integers"),
+        (
+            ["bench", "sample", "--batch-sizes", "1,x"],
+            "--batch-sizes must be a comma-separated list of integers: 'x' in '1,x' is not one",
+        ),
+        (["bench", "sample", "--batch-sizes", ","], "--batch-sizes: give at least one"),
+        (["bench", "sample", "--settings", ""], "--settings: give at least one"),
         (["bench", "train", "--steps", "0"], "--steps must be positive, got 0"),
     ],
 )

@@ -9,6 +9,7 @@ from typing import Annotated
 
 import typer
 
+from dind.cli_options import parse_list
 from dind.config import SAMPLE_SETTINGS, AttnBackend, Dtype, PresetName
 from dind.errors import DindError
 from dind.utils import check_writable_dir, check_writable_file, write_json
@@ -117,7 +118,11 @@ def bench_sample(
     """Seconds per sample and tokens/s: AR, stage 1 with/without cache, two stages."""
     from dind.bench import bench_sample as run_bench
 
-    batches = _int_list("--batch-sizes", batch_sizes)
+    batches = parse_list(batch_sizes, int, "--batch-sizes")
+    names = parse_list(settings, str, "--settings")
+    for flag, values in (("--batch-sizes", batches), ("--settings", names)):
+        if not values:
+            raise DindError(f"{flag}: give at least one")
     _check_positive(
         ("--length", length), ("--repeats", repeats), *(("--batch-sizes", b) for b in batches)
     )
@@ -125,19 +130,10 @@ def bench_sample(
         raise DindError(f"--gamma must be in [0, 1], got {gamma}")
     if out is not None:
         check_writable_file(out)
-    names = tuple(n.strip() for n in settings.split(",") if n.strip())
     result = run_bench(preset, length, batches, repeats, dtype, gamma, parallel, names)
     typer.echo(json.dumps(result, indent=2))
     if out is not None:
         write_json(out, result)
-
-
-def _int_list(flag: str, text: str) -> tuple[int, ...]:
-    try:
-        values = tuple(int(v) for v in text.split(","))
-    except ValueError:
-        raise DindError(f"{flag}: write integers separated by commas, got {text!r}") from None
-    return values
 
 
 @bench_app.command("train")
