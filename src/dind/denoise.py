@@ -175,12 +175,14 @@ def _commit(x, conf, rows, cols, probs, s: DenoiseSettings, generators) -> None:
     """Draw and commit a token at (rows[n], cols[n]) from ``probs[n]`` for every n (noise
     from ``generators[n]``), with its snapshot confidence."""
     tokens, p_nucleus = draw(probs, s.top_p, generators, s.nucleus)
+    _store(x, conf, rows, cols, tokens, p_nucleus, probs.gather(-1, tokens[:, None])[:, 0], s)
+
+
+def _store(x, conf, rows, cols, tokens, p_nucleus, p_model, s: DenoiseSettings) -> None:
+    """Write drawn tokens and their snapshot confidence: the probability the denoiser gave
+    each (``p_model``) or, with ``confidence="nucleus"``, the renormalized nucleus one."""
     x[rows, cols] = tokens
-    conf[rows, cols] = (
-        p_nucleus
-        if s.confidence == "nucleus"
-        else probs.gather(-1, tokens[:, None])[:, 0].to(conf.dtype)
-    )
+    conf[rows, cols] = (p_nucleus if s.confidence == "nucleus" else p_model).to(conf.dtype)
 
 
 def denoise_block(
@@ -303,10 +305,7 @@ def _parallel(view, x, conf, start, end, s, generators, nfe) -> None:
             keep = passed
         r_idx, j = keep.nonzero(as_tuple=True)
         cols = index[r_idx, j]
-        x[r_idx, start + cols] = tokens
-        conf[r_idx, start + cols] = (p_nucleus if s.confidence == "nucleus" else p_model).to(
-            conf.dtype
-        )
+        _store(x, conf, r_idx, start + cols, tokens, p_nucleus, p_model, s)
         masked[r_idx, cols] = False
         nfe += active.long()
 
