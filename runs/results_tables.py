@@ -110,14 +110,12 @@ def parallel_table(rows: list[dict]) -> None:
     for name, per in by.items():
         one = by.get(re.sub(r", (top:)?\d+ per call$|, tau [\d.]+$", ", 1 per call", name))
         mean = lambda key, per=per: statistics.fmean(r[key] for r in per.values())  # noqa: E731
-        ppl = [r["gen_ppl"] for r in per.values()]
-        sd = statistics.stdev(ppl) if len(ppl) > 1 else 0.0
         vs = ("", "") if one is None or one is per else (
             f"{paired_change(per, one, 'gen_ppl'):+.1%}",
             f"{paired_change(per, one, 'entropy'):+.2%}")  # fmt: skip
-        cells = [name, f"{mean('gen_ppl'):.1f} ± {sd:.1f}", vs[0], f"{mean('entropy'):.3f}",
-                 vs[1], f"{mean('nfe'):.0f}", f"{mean('seconds'):.3f}",
-                 f"{mean('seconds') / sec1:.2f}"]  # fmt: skip
+        ppl = mean_sd([r["gen_ppl"] for r in per.values()])
+        cells = [name, ppl, vs[0], f"{mean('entropy'):.3f}", vs[1], f"{mean('nfe'):.0f}",
+                 f"{mean('seconds'):.3f}", f"{mean('seconds') / sec1:.2f}"]  # fmt: skip
         print("| " + " | ".join(cells) + " |")
 
 
