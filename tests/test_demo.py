@@ -8,7 +8,9 @@ import sys
 
 import pytest
 
-pytestmark = pytest.mark.slow  # trains, samples, judges and reports: the whole demo
+from dind.config import tiny
+from dind.demo import DEMO_STEPS, demo_run
+from dind.train import RESUMABLE_CHANGES
 
 
 def _demo(out):
@@ -19,6 +21,17 @@ def _demo(out):
     )  # fmt: skip
 
 
+def test_demo_run_differs_from_the_preset_only_where_resume_allows():
+    """A demo folder trained by an older version (the preset's own 600 steps and five
+    evaluations) is reused, not refused as a different run."""
+    preset, run = tiny(), demo_run()
+    assert run.train.max_steps == DEMO_STEPS != preset.train.max_steps
+    changed = {f for f in vars(run.train) if getattr(run.train, f) != getattr(preset.train, f)}
+    assert changed and changed <= RESUMABLE_CHANGES
+    assert run.model == preset.model and demo_run(5).train.max_steps == 5
+
+
+@pytest.mark.slow  # trains, samples, judges and reports: the whole demo
 def test_demo_short_mode(tmp_path):
     out = tmp_path / "demo"
     res = _demo(out)
@@ -32,7 +45,7 @@ def test_demo_short_mode(tmp_path):
             records = [json.loads(x) for x in lines]
             assert len(records) == 2 and all(r["text"] for r in records)
     gamma = list(csv.DictReader((out / "gamma.csv").open()))
-    assert len(gamma) == 1 + 2 * 4 and all(r["n_seeds"] == "2" for r in gamma)
+    assert len(gamma) == 1 + 2 * 3 and all(r["n_seeds"] == "2" for r in gamma)
     assert (out / "gamma.png").stat().st_size > 5000 and (out / "policy.png").exists()
     # the frontier: stage 1 and two stages at four top-p values, same seeds and drafts, so its
     # two stages at top-p 0.9 are the main comparison's samples exactly
