@@ -6,10 +6,12 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 TORCH_CPU_VERSION ?= 2.13.0
 STAMP  := $(VENV)/.installed
+DEV    := $(VENV)/.installed-dev
 
-.PHONY: venv test test-fast demo lint format bench clean
+.PHONY: venv dev test test-fast demo lint format bench clean
 
 venv: $(STAMP)
+dev: $(DEV)
 
 # On a machine without a CUDA GPU, install the pinned CPU torch wheel first so
 # that the unpinned `torch` requirement resolves to it instead of pulling CUDA.
@@ -20,23 +22,28 @@ $(STAMP): pyproject.toml
 	  if command -v nvidia-smi >/dev/null 2>&1; then $(BIN)/python -m pip install -q torch; \
 	  else $(BIN)/python -m pip install -q torch==$(TORCH_CPU_VERSION); fi; \
 	fi
-	$(BIN)/python -m pip install -q -e ".[dev]"
+	$(BIN)/python -m pip install -q -e .
 	touch $(STAMP)
 
-test: venv
+# the tests' and linters' extras (pytest, ruff, tiktoken, datasets); `make demo` needs none
+$(DEV): $(STAMP)
+	$(BIN)/python -m pip install -q -e ".[dev]"
+	touch $(DEV)
+
+test: dev
 	$(BIN)/python -m pytest -q tests
 
-test-fast: venv
+test-fast: dev
 	$(BIN)/python -m pytest -q -m "not slow" tests
 
 demo: venv
 	$(BIN)/dind demo
 
-lint: venv
+lint: dev
 	$(BIN)/ruff check src tests
 	$(BIN)/ruff format --check src tests
 
-format: venv
+format: dev
 	$(BIN)/ruff format src tests
 	$(BIN)/ruff check --fix src tests
 

@@ -9,7 +9,8 @@ import sys
 import pytest
 
 from dind.config import tiny
-from dind.demo import DEMO_STEPS, demo_run
+from dind.cli import demo as demo_command
+from dind.demo import DEMO_SAMPLES, DEMO_STEPS, demo_run
 from dind.train import RESUMABLE_CHANGES
 
 
@@ -29,6 +30,14 @@ def test_demo_run_differs_from_the_preset_only_where_resume_allows():
     changed = {f for f in vars(run.train) if getattr(run.train, f) != getattr(preset.train, f)}
     assert changed and changed <= RESUMABLE_CHANGES
     assert run.model == preset.model and demo_run(5).train.max_steps == 5
+    assert run.train.eval_batches < preset.train.eval_batches
+
+
+def test_demo_command_draws_the_documented_number_of_samples():
+    import inspect
+
+    default = inspect.signature(demo_command).parameters["num_samples"].default
+    assert default == DEMO_SAMPLES
 
 
 @pytest.mark.slow  # trains, samples, judges and reports: the whole demo

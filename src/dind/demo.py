@@ -31,8 +31,12 @@ from dind.train import train
 
 # Sized so a fresh clone runs in under 15 minutes on 2 slow cores (dev/LOG.md): training with
 # its held-out evaluations was two thirds of the time at the preset's 600 steps and five
-# evaluations; the demo trains half of that and evaluates before and after only.
+# evaluations; the demo trains half of that and evaluates before and after only, on half the
+# preset's held-out batches, and draws 6 samples per setting and seed (judging is half the
+# sweep's time).
 DEMO_STEPS = 300
+DEMO_EVAL_BATCHES = 4
+DEMO_SAMPLES = 6  # the default of `dind demo --num-samples`
 GAMMAS = (0.25, 0.5, 1.0)  # the two ends of Figure 2's U and its middle
 MAIN_GAMMA = 0.5
 TOP_PS = (0.9, 0.8, 0.7, 0.6)  # the frontier: stage 1 and two stages at each nucleus mass
@@ -41,7 +45,7 @@ TOP_PS = (0.9, 0.8, 0.7, 0.6)  # the frontier: stage 1 and two stages at each nu
 def run_demo(
     out: Path,
     max_steps: int | None = None,
-    num_samples: int = 8,
+    num_samples: int = DEMO_SAMPLES,
     judge: str = "smollm2",
     seeds: tuple[int, ...] = (0, 1),
 ) -> dict:
@@ -153,15 +157,16 @@ def run_demo(
 
 def demo_run(max_steps: int | None = None):
     """The tiny preset as the demo trains it: ``DEMO_STEPS`` steps (``max_steps`` in the
-    short mode), held-out evaluation at the first and the last step only. Both differences
-    from the preset are ones ``--resume`` accepts, so a demo folder trained by an older
-    version is reused as it is."""
+    short mode), held-out evaluation on ``DEMO_EVAL_BATCHES`` batches at the first and the
+    last step only. Every difference from the preset is one ``--resume`` accepts, so a demo
+    folder trained by an older version is reused as it is."""
     run = tiny()
     steps = DEMO_STEPS if max_steps is None else max_steps
     # eval_every 0: the evaluations before the first and after the last step only
-    return dataclasses.replace(
-        run, train=dataclasses.replace(run.train, max_steps=steps, eval_every=0)
+    train = dataclasses.replace(
+        run.train, max_steps=steps, eval_every=0, eval_batches=DEMO_EVAL_BATCHES
     )
+    return dataclasses.replace(run, train=train)
 
 
 def _honest_view(frontier: list[dict], stage1: dict, two: dict, judge: str) -> str:

@@ -69,8 +69,9 @@ def _config_diff(a: dict, b: dict, prefix: str = "") -> list[str]:
     return diffs
 
 
-# Fields a resumed run may change: how long it runs and how often it reports.
-RESUMABLE_CHANGES = {"max_steps", "eval_every", "log_every", "compile"}
+# Fields a resumed run may change: how long it runs, how often and on how many held-out
+# batches it reports.
+RESUMABLE_CHANGES = {"max_steps", "eval_every", "eval_batches", "log_every", "compile"}
 
 
 def compute_loss(
