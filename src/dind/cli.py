@@ -424,7 +424,7 @@ def frontier(
 def demo(
     out: Annotated[Path, typer.Option(help="Run folder for the demo.")] = Path("runs/demo"),
     max_steps: Annotated[int | None, typer.Option(help="Training steps (short mode).")] = None,
-    num_samples: Annotated[int, typer.Option(help="Samples per setting and seed.")] = 6,
+    num_samples: Annotated[int, typer.Option(help="Samples per setting and seed.")] = 8,
     seeds: Annotated[str, typer.Option(help="Seed list (spread reported).")] = "0,1",
     judge: Annotated[str, typer.Option(help="Judge of the comparison.")] = "smollm2",
 ) -> None:
