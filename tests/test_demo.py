@@ -8,8 +8,8 @@ import sys
 
 import pytest
 
-from dind.config import tiny
 from dind.cli import demo as demo_command
+from dind.config import tiny
 from dind.demo import DEMO_SAMPLES, DEMO_STEPS, demo_run
 from dind.train import RESUMABLE_CHANGES
 
