@@ -114,3 +114,52 @@ def test_kv_cache_equals_block_causal_recompute(tiny_cfg):
         torch.testing.assert_close(out, ref[:, sl], rtol=1e-4, atol=1e-5)
         cache.advance(bs)
     assert cache.length == L
+
+
+def _last_block_rows(model) -> list[int]:
+    """Record how many rows the last block's MLP sees on each call."""
+    seen: list[int] = []
+    model.blocks[-1].mlp.register_forward_hook(lambda m, i, o: seen.append(i[0].shape[1]))
+    return seen
+
+
+def test_logits_at_a_few_rows_equal_the_full_pass_and_skip_the_rest(tiny_cfg):
+    """``logit_index`` / ``n_logits`` give the full pass's rows (brute force: every row, then
+    pick), under no mask, a (T, S) mask and a (B, T, S) mask; and the last block computes
+    only the rows asked for (its MLP sees k rows, not T)."""
+    from dind.attention import block_causal_mask
+
+    model = random_dit(tiny_cfg)
+    seen = _last_block_rows(model)
+    L = 16
+    x = torch.randint(0, 32, (3, L))
+    index = torch.tensor([[0, 5, 9], [15, 15, 2], [7, 1, 3]])
+    square = block_causal_mask(L, 4, "cpu", 0)
+    for mask in (None, square, square[None].expand(3, -1, -1).clone()):
+        full = model(x, mask=mask)
+        picked = model(x, mask=mask, logit_index=index)
+        ref = full.gather(1, index[..., None].expand(-1, -1, full.shape[-1]))
+        torch.testing.assert_close(picked, ref, rtol=1e-5, atol=1e-6)
+        first = model(x, mask=mask, n_logits=6)
+        torch.testing.assert_close(first, full[:, :6], rtol=1e-5, atol=1e-6)
+        assert seen[-3:] == [L, 3, 6]
+    assert model(x, n_logits=0).shape == (3, 0, tiny_cfg.vocab_size)
+    assert model(x, n_logits=L + 4).shape == (3, L, tiny_cfg.vocab_size)
+
+
+def test_a_cache_filling_pass_writes_every_rows_keys_from_the_last_block(tiny_cfg):
+    """``n_logits=0`` skips the last block's outputs but not its keys and values: the next
+    block decoded against that cache gives the block-causal pass's logits."""
+    from dind.attention import block_diff_mask
+
+    model = random_dit(tiny_cfg)
+    seen = _last_block_rows(model)
+    L, bs = 16, 4
+    x = torch.randint(0, 32, (2, L))
+    ref = model(x, mask=block_diff_mask(L, bs)[L:, L:])
+    cache = model.new_kv_cache(2)
+    model(x[:, :bs], positions=torch.arange(bs), kv_cache=cache, n_logits=0)
+    assert seen[-1] == 0
+    cache.advance(bs)
+    out = model(x[:, bs : 2 * bs], positions=torch.arange(bs, 2 * bs), kv_cache=cache)
+    torch.testing.assert_close(out, ref[:, bs : 2 * bs], rtol=1e-4, atol=1e-5)

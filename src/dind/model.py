@@ -129,6 +129,29 @@ def modulate(x: Tensor, shift: Tensor, scale: Tensor) -> Tensor:
     return x * (1 + scale) + shift
 
 
+def keep_rows(x: Tensor, keep: int | Tensor, dim: int) -> Tensor:
+    """The rows ``keep`` of ``x`` along its sequence dimension ``dim`` (1 for (B, T, d), 2
+    for (B, H, T, hd)): the first n for an int, else the (B, k) index of each sample."""
+    if isinstance(keep, int):
+        return x.narrow(dim, 0, keep)
+    shape = list(x.shape)
+    shape[dim] = keep.shape[1]
+    B, k = keep.shape
+    index = keep.view(B, *([1] * (dim - 1)), k, *([1] * (x.dim() - dim - 1)))
+    return x.gather(dim, index.expand(shape))
+
+
+def keep_mask_rows(mask: Tensor | None, keep: int | Tensor) -> Tensor | None:
+    """The query rows ``keep`` of an attention mask (T, S) or (B, T, S); None stays None."""
+    if mask is None:
+        return None
+    if isinstance(keep, int):
+        return mask[..., :keep, :]
+    if mask.dim() == 2:
+        return mask[keep]  # (B, k, S)
+    return mask.gather(1, keep[..., None].expand(-1, -1, mask.shape[-1]))
+
+
 class DiTBlock(nn.Module):
     """Pre-norm transformer block with adaLN modulation and rotary attention."""
 
@@ -148,7 +171,7 @@ class DiTBlock(nn.Module):
         self.dropout = nn.Dropout(cfg.dropout)
 
     def attention(
-        self, x: Tensor, rope: tuple[Tensor, Tensor], mask, kv_cache, layer: int
+        self, x: Tensor, rope: tuple[Tensor, Tensor], mask, kv_cache, layer: int, keep=None
     ) -> Tensor:
         B, T, d = x.shape
         qkv = self.attn_qkv(x).view(B, T, 3, self.n_heads, d // self.n_heads)
@@ -156,21 +179,28 @@ class DiTBlock(nn.Module):
         q, k = apply_rotary(q, *rope), apply_rotary(k, *rope)
         if kv_cache is not None:  # clean context from the sampler's cache
             k, v = kv_cache.write(layer, k, v)  # (B, H, S, hd), S = cached + T
+        if keep is not None:  # only these rows ask (every row still gives its keys)
+            q, mask = keep_rows(q, keep, dim=2), keep_mask_rows(mask, keep)
         if self.attn_backend == "flex" and mask is not None and not isinstance(mask, Tensor):
             out = flex_attention(q, k, v, mask)
         else:
             if mask is not None and mask.dim() == 3:  # (B, T, S) -> (B, 1, T, S)
                 mask = mask[:, None]
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # (B, H, T, hd)
-        return out.transpose(1, 2).reshape(B, T, d)
+        return out.transpose(1, 2).reshape(B, q.shape[2], d)
 
-    def forward(self, x, c, rope, mask, kv_cache=None, layer: int = 0):
+    def forward(self, x, c, rope, mask, kv_cache=None, layer: int = 0, keep=None):
+        """``keep``: None, or the rows whose outputs are wanted, an int n (the first n) or a
+        (B, k) index; the block then returns only those rows (the model's last block, when
+        the caller wants logits at a few positions: the rest need only their keys)."""
         shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = self.adaLN_modulation(c)[
             :, None
         ].chunk(6, dim=-1)  # each (B, 1, d)
         h = self.attention(
-            modulate(self.norm1(x), shift_msa, scale_msa), rope, mask, kv_cache, layer
+            modulate(self.norm1(x), shift_msa, scale_msa), rope, mask, kv_cache, layer, keep
         )
+        if keep is not None:
+            x = keep_rows(x, keep, dim=1)
         x = x + gate_msa * self.dropout(self.attn_out(h))
         x = x + gate_mlp * self.dropout(self.mlp(modulate(self.norm2(x), shift_mlp, scale_mlp)))
         return x
@@ -258,12 +288,21 @@ class DiT(nn.Module):
         c = F.silu(self.sigma_map(sigma))  # (B, cond_dim)
         rope = self.rotary_emb(positions)
         h = self.vocab_embed(x)  # (B, T, d)
+        # The last block computes only the rows whose logits are wanted (queries, output
+        # and MLP; every row still gives its keys and values); with a flex BlockMask, whose
+        # rows cannot be picked, the rows are picked after it.
+        keep = logit_index
+        if n_logits is not None:  # both given: pick after the last block, as documented
+            keep = None if logit_index is not None or n_logits >= T else n_logits
+        if keep is not None and mask is not None and not isinstance(mask, Tensor):
+            keep = None
         for i, block in enumerate(self.blocks):
-            h = block(h, c, rope, mask, kv_cache, i)
-        if n_logits is not None:
-            h = h[:, :n_logits]
-        if logit_index is not None:
-            h = h.gather(1, logit_index[..., None].expand(-1, -1, h.shape[-1]))  # (B, k, d)
+            h = block(h, c, rope, mask, kv_cache, i, keep if i == len(self.blocks) - 1 else None)
+        if keep is None:
+            if n_logits is not None:
+                h = h[:, :n_logits]
+            if logit_index is not None:
+                h = h.gather(1, logit_index[..., None].expand(-1, -1, h.shape[-1]))  # (B, k, d)
         return self.output_layer(h, c)  # (B, T or n_logits, V)
 
     def new_kv_cache(self, batch_size: int, max_len: int | None = None, dtype=None) -> KVCache:
