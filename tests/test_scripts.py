@@ -70,3 +70,25 @@ def test_scale_study_refuses_an_unknown_size(tmp_path):
     res, commands = _dry_run("huge", str(tmp_path))
     assert res.returncode == 2 and not commands
     assert res.stderr.strip() == "error: unknown size 'huge' (tiny | base | small)"
+
+
+def test_ab_benchmark_times_both_versions_with_the_same_commands(tmp_path):
+    """benchmarks/ab.sh: each old/new pair runs one command with its own output; a commit
+    that does not exist is a one-line error."""
+    script = str(REPO / "benchmarks" / "ab.sh")
+    env = {**os.environ, "DRY_RUN": "1"}
+    res = subprocess.run(["bash", script, "HEAD", str(tmp_path / "ab"), "8", "32"], env=env,
+                         capture_output=True, text=True, cwd=REPO, timeout=60)  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    lines = [line[2:] for line in res.stdout.splitlines() if line.startswith("+ ")]
+    assert len(lines) == 6  # K = 8, K = 32, training: one old and one new each
+    for old, new in zip(lines[::2], lines[1::2], strict=True):
+        assert old.startswith("old: ") and new.startswith("new: ")
+        assert old[5:].replace("/old-", "/new-") == new[5:]
+    assert "--parallel 8 " in lines[0] and "--parallel 32 " in lines[2]
+    assert "bench train --preset tiny --steps 10" in lines[4]
+    assert not (tmp_path / "ab").exists()
+    bad = subprocess.run(["bash", script, "no-such-ref", str(tmp_path / "ab")], env=env,
+                         capture_output=True, text=True, cwd=REPO, timeout=60)  # fmt: skip
+    assert bad.returncode == 2 and bad.stderr.strip().count("\n") == 0
+    assert "unknown commit no-such-ref" in bad.stderr
