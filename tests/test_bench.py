@@ -31,6 +31,25 @@ def test_bench_sample_times_every_setting_at_every_batch_size():
     )
 
 
+def test_bench_sample_times_the_approximate_cache_when_asked(monkeypatch):
+    """--refresh R reaches two_stages_parallel's sampler, and only it."""
+    import dind.sampler
+
+    seen, real = [], dind.sampler.sample
+    monkeypatch.setattr(
+        dind.sampler,
+        "sample",
+        lambda m, cfg, *a, **k: (
+            seen.append((cfg.stages, cfg.parallel, cfg.refresh)),
+            real(m, cfg, *a, **k),
+        )[1],
+    )
+    out = bench_sample("tiny", length=16, batch_sizes=(1,), parallel="4", refresh=3,
+                       settings=("stage1_cache", "two_stages_parallel"))  # fmt: skip
+    assert out["refresh"] == 3
+    assert {(s, r) for s, _, r in seen} == {((4,), None), ((4, 16), 3)}
+
+
 def test_bench_ratios_need_their_baseline():
     figures = {"batch1": {"two_stages": {"seconds_per_sample": 2.0, "tokens_per_s": 8.0}}}
     assert _sample_ratios(figures, (1,)) == {}  # no stage-1 timing, no batch-16 timing

@@ -127,3 +127,82 @@ def test_batched_position_picks_match_a_per_row_loop(k):
     for r in range(6):
         mine = torch.nonzero(masked[r]).flatten().tolist()
         assert index[r, valid[r]].tolist() == mine and valid[r].sum() == len(mine)
+
+
+def test_masked_rows_are_each_rows_masked_positions_sorted_and_padded():
+    from dind.denoise import masked_rows
+
+    masked = torch.tensor([[0, 1, 0, 1, 1], [1, 0, 0, 0, 0], [0, 0, 0, 0, 0]], dtype=torch.bool)
+    rows = masked_rows(masked)
+    assert rows.tolist() == [[1, 3, 4], [0, 0, 0], [0, 0, 0]]
+    for r in range(3):  # brute force: the row's masked positions, then its last repeated
+        want = [j for j in range(5) if masked[r, j]]
+        assert rows[r, : len(want)].tolist() == want
+        assert torch.all(rows[r, 1:] >= rows[r, :-1])
+
+
+def _refinement_calls(n_blocks: int, refresh: int):
+    """Exact and approximate (``refresh``) logits of a whole-sequence refinement: a full
+    pass over partly masked tokens, then three calls, each after committing one token a row."""
+    from dind.config import ModelConfig
+    from dind.denoise import BlockView
+    from helpers import random_dit
+
+    torch.manual_seed(0)
+    cfg = ModelConfig(vocab_size=33, mask_id=32, seq_len=16, hidden_dim=32, cond_dim=16,
+                      n_blocks=n_blocks, n_heads=2)  # fmt: skip
+    model = random_dit(cfg)
+    seen: list[int] = []
+    model.blocks[0].attn_qkv.register_forward_hook(lambda m, i, o: seen.append(i[0].shape[1]))
+    view = BlockView(model, 16, None, 16, refresh=refresh, mask_id=32)
+    x = torch.randint(0, 32, (2, 16))
+    x[0, [1, 4, 5, 9, 12, 15]] = 32
+    x[1, [0, 2, 3, 7]] = 32
+    pairs = []
+    for step in range(4):
+        masked = x == 32
+        index = torch.stack([torch.nonzero(m).flatten()[:1] for m in masked])  # (2, 1)
+        with torch.no_grad():
+            pairs.append((view.logits(x, 0, 16, index=index), model(x, logit_index=index)))
+        for r in range(2):  # commit one per row
+            x[r, torch.nonzero(masked[r]).flatten()[:1]] = step
+    return pairs, seen
+
+
+def test_refresh_cache_recomputes_only_the_positions_masked_at_the_full_pass():
+    """One layer: a position's keys and values depend on its own token only, so the cache is
+    exact there (brute force: the full pass at every call); two layers: the calls between
+    full passes differ from it (the approximation is real), the full passes do not; and the
+    calls between recompute only the 6 positions masked at the full pass (w of row 0)."""
+    pairs, seen = _refinement_calls(n_blocks=1, refresh=100)
+    for approx, exact in pairs:
+        torch.testing.assert_close(approx, exact, rtol=1e-5, atol=1e-5)
+    assert seen[0::2] == [16, 6, 6, 6]  # the view's calls: one full pass, then 6 rows
+    pairs, _ = _refinement_calls(n_blocks=2, refresh=2)
+    gaps = [float((a - e).abs().max()) for a, e in pairs]
+    assert gaps[0] < 1e-5 and gaps[2] < 1e-5  # calls 1 and 3: full passes
+    assert gaps[1] > 1e-4 and gaps[3] > 1e-4  # calls 2 and 4: stale keys of the others
+
+
+def test_refresh_one_is_the_exact_sampler_and_refresh_applies_after_stage_one():
+    from dind.config import ModelConfig, SamplerConfig
+    from dind.errors import DindError
+    from dind.sampler import sample
+    from helpers import random_dit
+
+    cfg = ModelConfig(vocab_size=33, mask_id=32, seq_len=32, hidden_dim=32, cond_dim=16,
+                      n_blocks=2, n_heads=2)  # fmt: skip
+    model = random_dit(cfg)
+    for kw in (dict(), dict(parallel=("1", "4")), dict(parallel=("1", "top:2"))):
+        base = dict(stages=(4, 32), remask=(0.5,), length=32, seed=5, **kw)
+        exact = sample(model, SamplerConfig(**base), 3, 3, 1, 32)
+        one = sample(model, SamplerConfig(**base, refresh=1), 3, 3, 1, 32)
+        assert [s.stage_tokens for s in one] == [s.stage_tokens for s in exact]
+    # stage 1 (block 4 < L) is never approximate: the drafts are the exact ones
+    base = dict(stages=(4, 32), remask=(0.5,), length=32, seed=5, parallel=("1", "4"))
+    far = sample(model, SamplerConfig(**base, refresh=1000), 3, 3, 1, 32)
+    assert [s.stage_tokens[0] for s in far] == [s.stage_tokens[0] for s in exact]
+    with pytest.raises(DindError, match="refresh must be at least 1"):
+        SamplerConfig(stages=(4, 32), remask=(0.5,), length=32, refresh=0)
+    with pytest.raises(DindError, match="first-hitting"):
+        SamplerConfig(stages=(4, 32), remask=(0.5,), length=32, refresh=2, sampler="ancestral")

@@ -179,7 +179,8 @@ def test_parallel_refinement_sweep(trained_run):
     opts = SweepOptions(seeds=(0, 1), num_samples=2, batch_size=2, progress=False)
 
     def build(L):
-        return grid.parallel_settings(L, (0.5,), (1, 4), (0.9,), ("uniform", "top"), L, opts)
+        return grid.parallel_settings(L, (0.5,), (1, 4), (0.9,), ("uniform", "top"), L, opts,
+                                      refreshes=(1,))  # fmt: skip
 
     res = sweep.run_sampling_sweep("parallel", str(trained_run / "run"), trained_run / "par",
                                    opts, build)  # fmt: skip
@@ -187,6 +188,10 @@ def test_parallel_refinement_sweep(trained_run):
     draft = nfe["stage 1 (block 4)"]
     assert nfe["gamma 0.5, 1 per call"] == draft + 16  # floor(0.5 * 32) tokens, one per call
     assert nfe["gamma 0.5, 4 per call"] == nfe["gamma 0.5, top:4 per call"] == draft + 4
+    # refresh 1 is the exact cache: the same samples as the exact setting, so the same scores
+    ppl = {s["setting"]: s["gen_ppl_mean"] for s in res.summary}
+    assert ppl["gamma 0.5, 4 per call, refresh 1"] == ppl["gamma 0.5, 4 per call"]
+    assert nfe["gamma 0.5, 4 per call, refresh 1"] == draft + 4
     assert draft + 1 <= nfe["gamma 0.5, tau 0.9"] <= draft + 16
     for s in res.summary[1:]:  # every refinement is compared with stage 1 on the same drafts
         assert s["delta_vs_stage1"] is not None
@@ -197,6 +202,9 @@ def test_parallel_refinement_sweep(trained_run):
     res = _cli("sweep", "parallel", "--checkpoint", str(trained_run / "run"), "--out",
                str(trained_run / "par2"), "--picks", "uniform,best")  # fmt: skip
     assert res.returncode != 0 and "'best' is not uniform or top" in res.stderr
+    res = _cli("sweep", "parallel", "--checkpoint", str(trained_run / "run"), "--out",
+               str(trained_run / "par2"), "--refresh", "0")  # fmt: skip
+    assert res.returncode != 0 and "--refresh: calls per full pass must be at least 1" in res.stderr
 
 
 @pytest.mark.slow

@@ -112,6 +112,7 @@ def bench_sample(
     gamma: float = 0.5,
     parallel: str = "16",
     settings: tuple[str, ...] = SAMPLE_SETTINGS,
+    refresh: int | None = None,
 ) -> dict[str, Any]:
     """Seconds per sample and tokens per second of each setting at each batch size, on a
     model of the preset's size at length L (random weights: the cost of a call does not
@@ -146,6 +147,7 @@ def bench_sample(
             length=n,
             kv_cache=name != "stage1_no_cache",
             parallel=("1", parallel) if name == "two_stages_parallel" else (),
+            refresh=refresh if name == "two_stages_parallel" else None,
         )
         return lambda: sample(model, scfg, batch, batch, bos, mask)  # fmt: skip
 
@@ -177,6 +179,7 @@ def bench_sample(
         "repeats": repeats,
         "gamma": gamma,
         "parallel": parallel,
+        "refresh": refresh,
         "figures": figures,
         "ratios": _sample_ratios(figures, batch_sizes),
     }

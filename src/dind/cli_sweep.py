@@ -136,6 +136,13 @@ def sweep_parallel(
     picks: Annotated[
         str, typer.Option(help="How K positions are chosen: uniform, top (most confident).")
     ] = "uniform,top",
+    refresh: Annotated[
+        str,
+        typer.Option(
+            help="Also the uniform-K settings with Fast-dLLM's approximate cache, a full pass "
+            "every R calls (comma-separated R; none by default)."
+        ),
+    ] = "",
     block_size: BlockOpt = "L",
     length: LengthOpt = None,
     *,
@@ -153,10 +160,14 @@ def sweep_parallel(
     bad = [p for p in pick_list if p not in ("uniform", "top")]
     if bad:
         raise DindError(f"--picks: {bad[0]!r} is not uniform or top")
+    refreshes = parse_list(refresh, int, "--refresh") if refresh else ()
+    if any(r < 1 for r in refreshes):
+        raise DindError(f"--refresh: calls per full pass must be at least 1, got {refresh}")
 
     def build(L):
         size = grid.parse_size(block_size, L)
-        return grid.parallel_settings(L, ratios, k_list, tau_list, pick_list, size, opts)
+        return grid.parallel_settings(L, ratios, k_list, tau_list, pick_list, size, opts,
+                                      refreshes)  # fmt: skip
 
     _run("parallel", checkpoint, out, opts, build, length)
 

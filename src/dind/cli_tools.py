@@ -108,6 +108,13 @@ def bench_sample(
     parallel: Annotated[
         str, typer.Option(help="Refinement rule of two_stages_parallel: K, top:K or tau:X.")
     ] = "16",  # fmt: skip
+    refresh: Annotated[
+        int | None,
+        typer.Option(
+            help="two_stages_parallel with Fast-dLLM's approximate cache: a full pass "
+            "every R calls (default: exact)."
+        ),
+    ] = None,  # fmt: skip
     settings: Annotated[
         str,
         typer.Option(help="Which to time, comma-separated: " + ", ".join(SAMPLE_SETTINGS) + "."),
@@ -124,13 +131,14 @@ def bench_sample(
         if not values:
             raise DindError(f"{flag}: give at least one")
     _check_positive(
-        ("--length", length), ("--repeats", repeats), *(("--batch-sizes", b) for b in batches)
-    )
+        ("--length", length), ("--repeats", repeats), ("--refresh", refresh),
+        *(("--batch-sizes", b) for b in batches),
+    )  # fmt: skip
     if not 0.0 <= gamma <= 1.0:
         raise DindError(f"--gamma must be in [0, 1], got {gamma}")
     if out is not None:
         check_writable_file(out)
-    result = run_bench(preset, length, batches, repeats, dtype, gamma, parallel, names)
+    result = run_bench(preset, length, batches, repeats, dtype, gamma, parallel, names, refresh)
     typer.echo(json.dumps(result, indent=2))
     if out is not None:
         write_json(out, result)

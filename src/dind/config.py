@@ -346,6 +346,11 @@ class SamplerConfig:
     """Positions committed per denoiser call, one entry per stage: K (uniformly chosen), top:K
     (the most confident) or tau:X (every drawn token of probability >= X, at least one); empty:
     one per call at every stage, BD3-LM's first-hitting sampler (``dind.parallel``)."""
+    refresh: int | None = None
+    """Approximate, faster refinement (Fast-dLLM's cache): in a stage after the first whose
+    block spans the window, a full pass every R calls; the calls between recompute only the
+    positions masked at the last full pass, against the others' keys and values from it. 1 is
+    exact; None (the default) is exact and never caches."""
 
     def __post_init__(self) -> None:
         self.stages = tuple(int(b) for b in self.stages)
@@ -357,6 +362,10 @@ class SamplerConfig:
             raise DindError(f"window stride must be positive, got {self.window_stride}")
         if not self.stages:
             raise DindError("at least one stage is needed")
+        if self.refresh is not None and self.refresh < 1:
+            raise DindError(f"refresh must be at least 1 (calls per full pass), got {self.refresh}")
+        if self.refresh is not None and self.sampler != "first_hitting":
+            raise DindError("refresh is for the first-hitting sampler")
         if any(b <= 0 for b in self.stages):
             raise DindError(f"stage block sizes must be positive: {list(self.stages)}")
         if any(b > c for b, c in zip(self.stages, self.stages[1:], strict=False)):

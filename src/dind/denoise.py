@@ -39,7 +39,7 @@ import torch
 from torch import Tensor
 
 from dind.attention import block_causal_mask
-from dind.kv_cache import KVCache
+from dind.kv_cache import KVCache, RefreshCache
 from dind.model import NEG_INF
 from dind.parallel import Parallel
 
@@ -54,6 +54,10 @@ class BlockView:
     cache: KVCache | None  # None: recompute the window on every call
     context: int | None = None  # the model's window; None: the whole sequence fits
     held: tuple[int, int] = (0, 0)  # the positions whose keys/values the cache holds
+    refresh: int | None = None  # approximate: a full pass every ``refresh`` calls (below)
+    mask_id: int = -1  # which positions a full pass leaves to recompute (with ``refresh``)
+    approx: RefreshCache | None = None
+    approx_state: tuple = ()  # (span, the positions to recompute (B, w), calls since a full pass)
 
     def window_start(self, end: int) -> int:
         return 0 if self.context is None else max(0, end - self.context)
@@ -75,9 +79,35 @@ class BlockView:
             return self.model(x[:, start:end], positions=pos, kv_cache=self.cache,
                               logit_index=index)  # fmt: skip
         mask = self.window_mask(lo, end, x.device)
+        if self.refresh and mask is None and index is not None:
+            return self.approximate_logits(x, lo, end, index + start - lo)
         if index is not None:
             return self.model(x[:, lo:end], mask=mask, logit_index=index + start - lo)
         return self.model(x[:, lo:end], mask=mask)[:, start - lo : end - lo]
+
+    @torch.no_grad()
+    def approximate_logits(self, x: Tensor, lo: int, end: int, index: Tensor) -> Tensor:
+        """Logits at window offsets ``index`` (B, k) through Fast-dLLM's approximate cache
+        (``dind.kv_cache.RefreshCache``). A full pass (the first call on a window, then every
+        ``refresh``-th) keeps every position's keys and values and notes the positions masked
+        then: the only ones whose tokens change until the next full pass. The calls between
+        recompute just those (the masked ones and the ones committed since), against the
+        others' keys and values from the full pass. ``refresh`` 1 is the exact pass."""
+        window = x[:, lo:end]
+        span, rows, calls = self.approx_state or (None, None, 0)
+        if span != (lo, end) or calls % self.refresh == 0:
+            self.approx = RefreshCache()
+            out = self.model(window, kv_cache=self.approx, logit_index=index)
+            self.approx_state = ((lo, end), masked_rows(window == self.mask_id), 1)
+            return out
+        self.approx.rows = rows
+        try:
+            out = self.model(window.gather(1, rows), positions=rows, kv_cache=self.approx,
+                             logit_index=torch.searchsorted(rows, index))  # fmt: skip
+        finally:
+            self.approx.rows = None
+        self.approx_state = (span, rows, calls + 1)
+        return out
 
     @torch.no_grad()
     def commit(self, x: Tensor, start: int, end: int) -> int:
@@ -107,6 +137,18 @@ class BlockView:
         self.cache.advance(start - lo)
         self.held = (lo, start)
         return 1
+
+
+def masked_rows(masked: Tensor) -> Tensor:
+    """(B, w) the masked positions of each row of ``masked`` (B, T) in increasing order, w the
+    most of a row, padded with the row's last one (so each row stays sorted; a row with none
+    gets position 0, recomputed for nothing)."""
+    counts = masked.sum(1)
+    width = max(int(counts.max()), 1)
+    order = torch.sort((~masked).long(), dim=1, stable=True).indices[:, :width]
+    last = order.gather(1, (counts - 1).clamp(min=0)[:, None])
+    valid = torch.arange(width, device=masked.device)[None, :] < counts[:, None]
+    return torch.where(valid, order, torch.where(counts[:, None] > 0, last, 0))
 
 
 def token_probs(logits: Tensor, mask_id: int) -> Tensor:

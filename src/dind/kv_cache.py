@@ -45,3 +45,31 @@ class KVCache:
 
     def reset(self) -> None:
         self.length = 0
+
+
+class RefreshCache:
+    """Fast-dLLM's approximate cache for a bidirectional pass over a whole window (a
+    refinement stage whose block spans it): a full pass keeps every position's keys and
+    values; a partial pass recomputes only the positions ``rows`` (B, w), writes their keys
+    and values over the kept ones and attends to all of them. Between full passes the other
+    positions' keys and values are stale (computed when more of the window was masked): an
+    approximation, which ``dind.denoise.BlockView`` refreshes every ``refresh`` calls."""
+
+    def __init__(self) -> None:
+        self.k: list[Tensor] = []
+        self.v: list[Tensor] = []
+        self.rows: Tensor | None = None  # None: a full pass
+
+    def write(self, layer: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        if self.rows is None:  # a full pass: keep every position's keys and values
+            if layer == len(self.k):
+                self.k.append(k.contiguous())
+                self.v.append(v.contiguous())
+            else:
+                self.k[layer], self.v[layer] = k.contiguous(), v.contiguous()
+            return k, v
+        B, H, w, hd = k.shape
+        index = self.rows[:, None, :, None].expand(B, H, w, hd)
+        self.k[layer].scatter_(2, index, k)
+        self.v[layer].scatter_(2, index, v)
+        return self.k[layer], self.v[layer]

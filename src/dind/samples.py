@@ -68,6 +68,7 @@ def to_record(s: Sample, tokenizer, cfg: SamplerConfig) -> dict[str, Any]:
         **({} if s.redraws is None else {"redraws": s.redraws}),
         # only with parallel decoding, likewise
         **({"parallel": list(cfg.parallel)} if cfg.parallel else {}),
+        **({"refresh": cfg.refresh} if cfg.refresh is not None else {}),
     }
 
 
