@@ -108,7 +108,10 @@ def parallel_table(rows: list[dict]) -> None:
     print("| " + " | ".join(head) + " |")
     print("|" + "---|" * len(head))
     for name, per in by.items():
-        one = by.get(re.sub(r", (top:)?\d+ per call$|, tau [\d.]+$", ", 1 per call", name))
+        exact_one = r", (top:)?\d+ per call$|, tau [\d.]+$"
+        one = by.get(re.sub(exact_one, ", 1 per call", name))
+        if ", refresh " in name:  # the approximate cache: against the exact one per call
+            one = by.get(re.sub(r", \d+ per call, refresh \d+$", ", 1 per call", name))
         mean = lambda key, per=per: statistics.fmean(r[key] for r in per.values())  # noqa: E731
         vs = ("", "") if one is None or one is per else (
             f"{paired_change(per, one, 'gen_ppl'):+.1%}",
