@@ -1,5 +1,4 @@
-"""Typed configuration for dind: the model, the mixed-scale block-size distribution, training,
-sampling.
+"""Typed configuration for dind: the model, the mixed-scale block sizes, training, sampling.
 
 Design choices:
 - Plain dataclasses with a docstring per field and validation in ``__post_init__``; the CLI
@@ -312,9 +311,8 @@ class SamplerConfig:
     """One sampling run: the stages of Algorithm 1 and how each block is denoised."""
 
     stages: tuple[int, ...] = (4,)
-    """Block size of each stage, never decreasing (Algorithm 1 grows them; an equal size re-drafts
-    the remasked tokens locally, Figure 2's smallest stage-2 block), each dividing L; (4,) is
-    plain BD3-LM."""
+    """Block size of each stage, never decreasing (an equal size re-drafts the remasked tokens
+    locally, Figure 2's smallest stage-2 block), each dividing L; (4,) is plain BD3-LM."""
     remask: tuple[float, ...] = ()
     """gamma_k for each stage after the first, in [0, 1]."""
     remask_policy: RemaskPolicy = "snapshot"
@@ -340,17 +338,14 @@ class SamplerConfig:
     """BD3-LM's protocol: redraw a stage-1 draft that fails its low-entropy rule (a 256-token
     window below 4 nats of unigram entropy), at most 10 draws (``dind.sampler.MAX_DRAWS``)."""
     window_stride: int | None = None
-    """Past the model's context: the step between the windows of a stage whose block size is
-    at least the context, in 1..context (default: half the context)."""
+    """Past the model's context: the step between the windows of a stage whose block is at
+    least the context, in 1..context (default: half of it)."""
     parallel: tuple[str, ...] = ()
-    """Positions committed per denoiser call, one entry per stage: K (uniformly chosen), top:K
-    (the most confident) or tau:X (every drawn token of probability >= X, at least one); empty:
-    one per call at every stage, BD3-LM's first-hitting sampler (``dind.parallel``)."""
+    """Positions committed per call, one entry per stage: K (chosen uniformly), top:K (the most
+    confident) or tau:X (each drawn token of probability >= X, at least one); empty: one."""
     refresh: int | None = None
-    """Approximate, faster refinement (Fast-dLLM's cache): in a stage after the first whose
-    block spans the window, a full pass every R calls; the calls between recompute only the
-    positions masked at the last full pass, against the others' keys and values from it. 1 is
-    exact; None (the default) is exact and never caches."""
+    """Fast-dLLM's approximate cache in a later stage whose block spans the window: a full pass
+    every R calls; the calls between recompute only what it left masked (1: exact; None: off)."""
 
     def __post_init__(self) -> None:
         self.stages = tuple(int(b) for b in self.stages)
@@ -362,10 +357,9 @@ class SamplerConfig:
             raise DindError(f"window stride must be positive, got {self.window_stride}")
         if not self.stages:
             raise DindError("at least one stage is needed")
-        if self.refresh is not None and self.refresh < 1:
-            raise DindError(f"refresh must be at least 1 (calls per full pass), got {self.refresh}")
-        if self.refresh is not None and self.sampler != "first_hitting":
-            raise DindError("refresh is for the first-hitting sampler")
+        if self.refresh is not None and (self.refresh < 1 or self.sampler != "first_hitting"):
+            raise DindError(f"refresh must be at least 1, for the first-hitting sampler: got "
+                            f"{self.refresh} with {self.sampler}")  # fmt: skip
         if any(b <= 0 for b in self.stages):
             raise DindError(f"stage block sizes must be positive: {list(self.stages)}")
         if any(b > c for b, c in zip(self.stages, self.stages[1:], strict=False)):
