@@ -108,10 +108,9 @@ def parallel_table(rows: list[dict]) -> None:
     print("| " + " | ".join(head) + " |")
     print("|" + "---|" * len(head))
     for name, per in by.items():
-        exact_one = r", (top:)?\d+ per call$|, tau [\d.]+$"
-        one = by.get(re.sub(exact_one, ", 1 per call", name))
-        if ", refresh " in name:  # the approximate cache: against the exact one per call
-            one = by.get(re.sub(r", \d+ per call, refresh \d+$", ", 1 per call", name))
+        # every rule, the approximate cache's included, against exact one per call
+        pattern = r", (top:)?\d+ per call(, refresh \d+)?$|, tau [\d.]+$"
+        one = by.get(re.sub(pattern, ", 1 per call", name))
         mean = lambda key, per=per: statistics.fmean(r[key] for r in per.values())  # noqa: E731
         vs = ("", "") if one is None or one is per else (
             f"{paired_change(per, one, 'gen_ppl'):+.1%}",

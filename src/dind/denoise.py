@@ -56,8 +56,8 @@ class BlockView:
     held: tuple[int, int] = (0, 0)  # the positions whose keys/values the cache holds
     refresh: int | None = None  # approximate: a full pass every ``refresh`` calls (below)
     mask_id: int = -1  # which positions a full pass leaves to recompute (with ``refresh``)
-    approx: RefreshCache | None = None
-    approx_state: tuple = ()  # (span, the positions to recompute (B, w), calls since a full pass)
+    approx: RefreshCache | None = None  # with ``refresh``: the last full pass's cache
+    approx_state: tuple = ()  # (its span, calls since it)
 
     def window_start(self, end: int) -> int:
         return 0 if self.context is None else max(0, end - self.context)
@@ -94,19 +94,17 @@ class BlockView:
         recompute just those (the masked ones and the ones committed since), against the
         others' keys and values from the full pass. ``refresh`` 1 is the exact pass."""
         window = x[:, lo:end]
-        span, rows, calls = self.approx_state or (None, None, 0)
+        span, calls = self.approx_state or (None, 0)
         if span != (lo, end) or calls % self.refresh == 0:
             self.approx = RefreshCache()
             out = self.model(window, kv_cache=self.approx, logit_index=index)
-            self.approx_state = ((lo, end), masked_rows(window == self.mask_id), 1)
+            self.approx.rows = masked_rows(window == self.mask_id)  # what the next calls redo
+            self.approx_state = ((lo, end), 1)
             return out
-        self.approx.rows = rows
-        try:
-            out = self.model(window.gather(1, rows), positions=rows, kv_cache=self.approx,
-                             logit_index=torch.searchsorted(rows, index))  # fmt: skip
-        finally:
-            self.approx.rows = None
-        self.approx_state = (span, rows, calls + 1)
+        rows = self.approx.rows
+        out = self.model(window.gather(1, rows), positions=rows, kv_cache=self.approx,
+                         logit_index=torch.searchsorted(rows, index))  # fmt: skip
+        self.approx_state = (span, calls + 1)
         return out
 
     @torch.no_grad()
@@ -142,13 +140,10 @@ class BlockView:
 def masked_rows(masked: Tensor) -> Tensor:
     """(B, w) the masked positions of each row of ``masked`` (B, T) in increasing order, w the
     most of a row, padded with the row's last one (so each row stays sorted; a row with none
-    gets position 0, recomputed for nothing)."""
-    counts = masked.sum(1)
-    width = max(int(counts.max()), 1)
-    order = torch.sort((~masked).long(), dim=1, stable=True).indices[:, :width]
-    last = order.gather(1, (counts - 1).clamp(min=0)[:, None])
-    valid = torch.arange(width, device=masked.device)[None, :] < counts[:, None]
-    return torch.where(valid, order, torch.where(counts[:, None] > 0, last, 0))
+    gets position 0, recomputed for nothing). ``masked_first``, padded at the other end."""
+    order, valid = masked_first(masked)
+    last = order.gather(1, (valid.sum(1) - 1).clamp(min=0)[:, None])
+    return torch.where(valid, order, last)
 
 
 def token_probs(logits: Tensor, mask_id: int) -> Tensor:

@@ -58,7 +58,7 @@ class RefreshCache:
     def __init__(self) -> None:
         self.k: list[Tensor] = []
         self.v: list[Tensor] = []
-        self.rows: Tensor | None = None  # None: a full pass
+        self.rows: Tensor | None = None  # the positions a partial pass recomputes; None: full
 
     def write(self, layer: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
         if self.rows is None:  # a full pass: keep every position's keys and values

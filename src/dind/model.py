@@ -134,9 +134,9 @@ def keep_rows(x: Tensor, keep: int | Tensor, dim: int) -> Tensor:
     for (B, H, T, hd)): the first n for an int, else the (B, k) index of each sample."""
     if isinstance(keep, int):
         return x.narrow(dim, 0, keep)
-    shape = list(x.shape)
-    shape[dim] = keep.shape[1]
     B, k = keep.shape
+    shape = list(x.shape)
+    shape[dim] = k
     index = keep.view(B, *([1] * (dim - 1)), k, *([1] * (x.dim() - dim - 1)))
     return x.gather(dim, index.expand(shape))
 
@@ -145,11 +145,9 @@ def keep_mask_rows(mask: Tensor | None, keep: int | Tensor) -> Tensor | None:
     """The query rows ``keep`` of an attention mask (T, S) or (B, T, S); None stays None."""
     if mask is None:
         return None
-    if isinstance(keep, int):
-        return mask[..., :keep, :]
-    if mask.dim() == 2:
+    if mask.dim() == 2 and not isinstance(keep, int):
         return mask[keep]  # (B, k, S)
-    return mask.gather(1, keep[..., None].expand(-1, -1, mask.shape[-1]))
+    return keep_rows(mask, keep, dim=mask.dim() - 2)
 
 
 class DiTBlock(nn.Module):
