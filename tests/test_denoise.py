@@ -206,3 +206,47 @@ def test_refresh_one_is_the_exact_sampler_and_refresh_applies_after_stage_one():
         SamplerConfig(stages=(4, 32), remask=(0.5,), length=32, refresh=0)
     with pytest.raises(DindError, match="first-hitting"):
         SamplerConfig(stages=(4, 32), remask=(0.5,), length=32, refresh=2, sampler="ancestral")
+
+
+@pytest.mark.parametrize("rule", ["bd3lm", "hf"])
+def test_in_nucleus_is_membership_of_the_sorted_nucleus(rule):
+    """``in_nucleus`` (no sort) against ``nucleus_keep`` on the sorted row, for every token of
+    distributions with ties (probabilities on a coarse grid) and without."""
+    from dind.denoise import in_nucleus
+
+    g = torch.Generator().manual_seed(0)
+    smooth = torch.softmax(torch.randn(4, 40, generator=g, dtype=torch.float64) * 2, -1)
+    coarse = torch.randint(0, 4, (4, 40), generator=g).double()
+    coarse[:, 0] += 1  # no row all zero
+    for probs in (smooth, coarse / coarse.sum(-1, keepdim=True)):
+        for top_p in (0.3, 0.5, 0.9):
+            sorted_p, order = probs.sort(dim=-1, descending=True, stable=True)
+            keep = torch.zeros_like(probs, dtype=torch.bool)
+            keep.scatter_(-1, order, nucleus_keep(sorted_p, top_p, rule))
+            for token in range(probs.shape[1]):
+                tokens = torch.full((probs.shape[0],), token)
+                assert in_nucleus(probs, tokens, top_p, rule).tolist() == keep[:, token].tolist()
+
+
+@pytest.mark.parametrize("rule", ["bd3lm", "hf"])
+@pytest.mark.parametrize("top_p", [0.5, 0.9, 1.0])
+def test_draw_without_the_nucleus_probability_skips_the_sort_for_the_same_tokens(rule, top_p):
+    """``nucleus_p=False`` sorts only the rows whose whole-vocabulary winner falls outside
+    the nucleus; the tokens are those of the sorted draw, on flat and on peaked rows."""
+    from dind.denoise import draw, in_nucleus
+
+    g = torch.Generator().manual_seed(1)
+    logits = torch.randn(400, 64, generator=g, dtype=torch.float64)
+    probs = torch.softmax(logits * torch.linspace(0.1, 4, 400, dtype=torch.float64)[:, None], -1)
+
+    def gens():
+        return [torch.Generator().manual_seed(7 + n % 5) for n in range(400)]
+
+    sorted_tokens, _ = draw(probs, top_p, gens(), rule)
+    tokens, p = draw(probs, top_p, gens(), rule, nucleus_p=False)
+    assert p is None
+    assert tokens.tolist() == sorted_tokens.tolist()
+    g5 = gens()  # both paths were taken: some winners over the whole vocabulary lie outside
+    noise = torch.stack([torch.empty_like(probs[0]).exponential_(generator=x) for x in g5])
+    outside = ~in_nucleus(probs, (probs / noise).argmax(-1), top_p, rule)
+    assert (0 < int(outside.sum()) < 400) if top_p < 1 else not outside.any()

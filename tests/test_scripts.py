@@ -1,8 +1,10 @@
 """The study scripts under runs/, checked by a dry run (they take hours for real)."""
 
+import json
 import os
 import re
 import subprocess
+import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -92,3 +94,25 @@ def test_ab_benchmark_times_both_versions_with_the_same_commands(tmp_path):
                          capture_output=True, text=True, cwd=REPO, timeout=60)  # fmt: skip
     assert bad.returncode == 2 and bad.stderr.strip().count("\n") == 0
     assert "unknown commit no-such-ref" in bad.stderr
+
+
+def test_identity_check_names_the_settings_whose_samples_differ(tmp_path):
+    """benchmarks/identity.py compare: identical dumps exit 0; a changed token or a setting
+    only one side has is named, exit 1."""
+    script = str(REPO / "benchmarks" / "identity.py")
+    dump = {"1.0:two": [[[[5, 6]], [[0.5, 0.25]], [3]]], "1.0:ar_cache_True": [[1, 2]]}
+    a, b = tmp_path / "a.json", tmp_path / "b.json"
+
+    def compare(new: dict) -> subprocess.CompletedProcess:
+        a.write_text(json.dumps(dump))
+        b.write_text(json.dumps(new))
+        return subprocess.run([sys.executable, script, "compare", str(a), str(b)],
+                              capture_output=True, text=True, cwd=REPO, timeout=120)  # fmt: skip
+
+    same = compare(dump)
+    assert same.returncode == 0 and same.stdout.strip() == "identical: 2 settings"
+    changed = json.loads(json.dumps(dump))
+    changed["1.0:two"][0][0][0][1] = 7
+    changed["0.02:stage1"] = []
+    res = compare(changed)
+    assert res.returncode == 1 and res.stdout.strip() == "differ: 0.02:stage1, 1.0:two"

@@ -19,7 +19,10 @@ Design choices:
   keeps the tokens whose cumulative mass, their own included, is at most p, plus the top
   token; ``hf`` (Hugging Face's) also keeps the token whose mass crosses p. For [0.85, 0.10,
   ...] at p = 0.9, bd3lm is greedy and hf samples from two tokens. Ties in probability are
-  ordered by token id (a stable sort), so the nucleus is deterministic.
+  ordered by token id (a stable sort), so the nucleus is deterministic. The sort over the
+  vocabulary is only paid where it matters: a row whose winner over the whole vocabulary
+  lies in the nucleus has its answer already (``draw``, unless the nucleus probability is
+  wanted: ``confidence="nucleus"``).
 - Snapshot confidence (eq. 5) is the probability the denoiser gave the committed token at the
   moment it was committed: by default the model's own (untruncated) probability; with
   ``confidence="nucleus"`` the top-p-renormalized one.
@@ -175,18 +178,50 @@ def nucleus_probs(probs: Tensor, top_p: float, rule: str = "bd3lm") -> Tensor:
     return p / p.sum(-1, keepdim=True)
 
 
+def in_nucleus(probs: Tensor, tokens: Tensor, top_p: float, rule: str = "bd3lm") -> Tensor:
+    """(N,) bool: whether ``tokens[n]`` is in the top-p nucleus of ``probs[n]`` (N, V), without
+    a sort: the mass ahead of it in the nucleus's order (a larger probability, or an equal one
+    at a smaller id) decides, as ``nucleus_keep`` decides on the sorted row."""
+    p = probs.gather(-1, tokens[:, None])
+    ids = torch.arange(probs.shape[-1], device=probs.device)
+    ahead = (probs > p) | ((probs == p) & (ids < tokens[:, None]))
+    mass = torch.where(ahead, probs, 0.0).sum(-1)
+    if rule == "bd3lm":  # the top token, or within p with its own mass
+        return ~ahead.any(-1) | (mass + p[:, 0] <= top_p)
+    if rule == "hf":
+        return mass < top_p
+    raise ValueError(f"unknown nucleus rule {rule!r}")
+
+
 def draw(
-    probs: Tensor, top_p: float, generators: list[torch.Generator], rule: str = "bd3lm"
-) -> tuple[Tensor, Tensor]:
+    probs: Tensor,
+    top_p: float,
+    generators: list[torch.Generator],
+    rule: str = "bd3lm",
+    nucleus_p: bool = True,
+) -> tuple[Tensor, Tensor | None]:
     """One token from the top-p nucleus of each row of ``probs`` (N, V) float64, with the
     exponential trick; row n's noise comes from ``generators[n]`` (drawn in list order, so a
     generator listed twice draws twice, in order). Returns the tokens (N,) and their
-    nucleus-renormalized probabilities (N,). The nucleus and the choice are one batched
-    computation; only the noise is drawn per row, from that row's own generator."""
-    p = nucleus_probs(probs, top_p, rule)
-    noise = torch.stack([torch.empty_like(p[0]).exponential_(generator=g) for g in generators])
-    tokens = (p / noise).argmax(-1)
-    return tokens, p.gather(-1, tokens[:, None])[:, 0]
+    nucleus-renormalized probabilities (N,), or None for those with ``nucleus_p=False``.
+    The nucleus and the choice are one batched computation; only the noise is drawn per row,
+    from that row's own generator.
+
+    Without ``nucleus_p`` the rows are not sorted: the winner of ``probs / noise`` over the
+    whole vocabulary is the nucleus's winner whenever it lies in the nucleus (renormalizing
+    scales every ratio alike), which ``in_nucleus`` checks; only the other rows (about 1 -
+    top_p of them) are sorted. The same tokens, up to a rounding tie between two ratios."""
+    noise = torch.stack([torch.empty_like(probs[0]).exponential_(generator=g) for g in generators])
+    if nucleus_p:
+        p = nucleus_probs(probs, top_p, rule)
+        tokens = (p / noise).argmax(-1)
+        return tokens, p.gather(-1, tokens[:, None])[:, 0]
+    tokens = (probs / noise).argmax(-1)
+    if top_p < 1.0:
+        out = ~in_nucleus(probs, tokens, top_p, rule)
+        if out.any():
+            tokens[out] = (nucleus_probs(probs[out], top_p, rule) / noise[out]).argmax(-1)
+    return tokens, None
 
 
 def nucleus_sample(
@@ -211,7 +246,7 @@ class DenoiseSettings:
 def _commit(x, conf, rows, cols, probs, s: DenoiseSettings, generators) -> None:
     """Draw and commit a token at (rows[n], cols[n]) from ``probs[n]`` for every n (noise
     from ``generators[n]``), with its snapshot confidence."""
-    tokens, p_nucleus = draw(probs, s.top_p, generators, s.nucleus)
+    tokens, p_nucleus = draw(probs, s.top_p, generators, s.nucleus, s.confidence == "nucleus")
     _store(x, conf, rows, cols, tokens, p_nucleus, probs.gather(-1, tokens[:, None])[:, 0], s)
 
 
@@ -304,7 +339,7 @@ def _parallel(view, x, conf, start, end, s, generators, nfe) -> None:
     uniformly, the K the prediction is most confident about, or those whose drawn token
     reaches tau (at least one). One batched computation per call: only the draws are per
     row, from each row's own generator (a row's entries in column order)."""
-    par = s.parallel
+    par, nucleus_p = s.parallel, s.confidence == "nucleus"
     masked = x[:, start:end] == s.mask_id  # (B, bs)
     while masked.any():
         active = masked.any(1)
@@ -330,7 +365,7 @@ def _parallel(view, x, conf, start, end, s, generators, nfe) -> None:
                 keep[active & ~keep.any(1), :] |= _first_max(top)[active & ~keep.any(1)]
         entries = keep[valid]  # which of the N entries are kept (row-major)
         gens = [generators[r] for r in keep.nonzero()[:, 0].tolist()]
-        tokens, p_nucleus = draw(probs[entries], s.top_p, gens, s.nucleus)
+        tokens, p_nucleus = draw(probs[entries], s.top_p, gens, s.nucleus, nucleus_p)
         p_model = probs[entries].gather(-1, tokens[:, None])[:, 0]
         if par.pick == "tau":  # a drawn token below tau is not committed; at least one
             drawn = torch.full(valid.shape, -1.0, dtype=probs.dtype, device=x.device)
@@ -338,7 +373,8 @@ def _parallel(view, x, conf, start, end, s, generators, nfe) -> None:
             passed = keep & (drawn >= par.tau)
             none = active & ~passed.any(1)
             passed[none, :] |= _first_max(torch.where(keep, top, -1.0))[none]
-            tokens, p_nucleus, p_model = (t[passed[keep]] for t in (tokens, p_nucleus, p_model))
+            tokens, p_model = tokens[passed[keep]], p_model[passed[keep]]
+            p_nucleus = p_nucleus[passed[keep]] if nucleus_p else None
             keep = passed
         r_idx, j = keep.nonzero(as_tuple=True)
         cols = index[r_idx, j]

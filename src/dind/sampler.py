@@ -328,5 +328,5 @@ def ar_generate(
         else:
             causal = torch.ones(i + 1, i + 1, dtype=torch.bool, device=device).tril()
             logits = model(x[:, : i + 1], mask=causal)[:, -1]
-        x[:, i + 1] = draw(token_probs(logits, mask_id), top_p, generators, nucleus)[0]
+        x[:, i + 1] = draw(token_probs(logits, mask_id), top_p, generators, nucleus, False)[0]
     return x, length - 1
