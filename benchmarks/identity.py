@@ -41,20 +41,14 @@ def settings(L: int) -> dict[str, dict]:
 
 
 def dump(path: str, L: int) -> None:
-    import torch
-
-    from dind.config import ModelConfig, SamplerConfig, preset
-    from dind.model import DiT
+    from dind.bench import random_model
+    from dind.config import SamplerConfig
     from dind.sampler import ar_generate, sample
 
     out = {}
     for head in (0.02, 1.0):
-        run = preset("tiny")
-        cfg = ModelConfig(**{**run.model.__dict__, "dropout": 0.0})
-        torch.manual_seed(0)
-        model = DiT(cfg).eval()
-        torch.nn.init.normal_(model.output_layer.linear.weight, std=head)
-        bos, mask = cfg.mask_id - 1, cfg.mask_id
+        model = random_model("tiny", head_std=head)
+        bos, mask = model.config.mask_id - 1, model.config.mask_id
         for name, kw in settings(L).items():
             res = sample(model, SamplerConfig(length=L, seed=3, **kw), 6, 3, bos, mask)
             out[f"{head}:{name}"] = [[s.stage_tokens, s.snapshot_confidence, s.nfe] for s in res]

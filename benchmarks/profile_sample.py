@@ -14,15 +14,16 @@ import time
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from dind.config import ModelConfig, SamplerConfig, preset
-from dind.model import DiT
+from dind.bench import random_model
+from dind.cli_options import parse_list
+from dind.config import SamplerConfig, parse_block_sizes
 from dind.sampler import sample
 
 p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
 p.add_argument("--preset", default="small")
 p.add_argument("--length", type=int, default=512)
 p.add_argument("--batch", type=int, default=16)
-p.add_argument("--stages", default="4", help="block sizes, L for the length")
+p.add_argument("--stages", default="4", help="block sizes; L (or L/k) for the length")
 p.add_argument("--remask", default="", help="gamma of each later stage")
 p.add_argument("--parallel", default="", help="one rule per stage, as dind sample's")
 p.add_argument("--refresh", type=int, default=None)
@@ -30,15 +31,12 @@ p.add_argument("--rows", type=int, default=25, help="ops to list")
 args = p.parse_args()
 
 L, B = args.length, args.batch
-cfg = ModelConfig(**{**preset(args.preset).model.__dict__, "seq_len": L, "dropout": 0.0})
-torch.manual_seed(0)
-model = DiT(cfg).eval()
-torch.nn.init.normal_(model.output_layer.linear.weight, std=0.02)
-bos, mask = cfg.mask_id - 1, cfg.mask_id
+model = random_model(args.preset, L)
+bos, mask = model.config.mask_id - 1, model.config.mask_id
 scfg = SamplerConfig(
-    stages=tuple(L if s == "L" else int(s) for s in args.stages.split(",")),
-    remask=tuple(float(g) for g in args.remask.split(",") if g),
-    parallel=tuple(r for r in args.parallel.split(",") if r),
+    stages=parse_block_sizes(args.stages, L),
+    remask=parse_list(args.remask, float, "--remask"),
+    parallel=parse_list(args.parallel, str, "--parallel"),
     refresh=args.refresh,
     length=L,
 )

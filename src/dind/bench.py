@@ -103,6 +103,20 @@ def bench_train(
     }
 
 
+def random_model(preset_name: str, length: int | None = None, head_std: float = 0.02) -> DiT:
+    """The preset's model at context ``length`` (default: the preset's) with random weights
+    (seed 0), in eval mode: what sampling is timed, profiled and checked for identity on. The
+    output head is drawn too (a trained-from-zero head would make sampling degenerate); its
+    std sets how peaked the predictions are."""
+    model_cfg = preset(preset_name).model
+    cfg = ModelConfig(**{**model_cfg.__dict__, "seq_len": length or model_cfg.seq_len,
+                         "dropout": 0.0})  # fmt: skip
+    torch.manual_seed(0)
+    model = DiT(cfg).eval()
+    torch.nn.init.normal_(model.output_layer.linear.weight, std=head_std)
+    return model
+
+
 def bench_sample(
     preset_name: str = "tiny",
     length: int = 1024,
@@ -128,14 +142,9 @@ def bench_sample(
             f"unknown bench setting {unknown[0]!r}: one of {', '.join(SAMPLE_SETTINGS)}"
         )
     Parallel.parse(parallel)  # a one-line error before any work
-    run = preset(preset_name)
     device = torch.device(default_device())
-    cfg = ModelConfig(**{**run.model.__dict__, "seq_len": length, "dropout": 0.0})
-    torch.manual_seed(0)
-    model = DiT(cfg).to(device).eval()
-    # random (not zero-initialised) heads so sampling is not degenerate
-    torch.nn.init.normal_(model.output_layer.linear.weight, std=0.02)
-    bos, mask = cfg.mask_id - 1, cfg.mask_id
+    model = random_model(preset_name, length).to(device)
+    bos, mask = model.config.mask_id - 1, model.config.mask_id
 
     def job(name: str, n: int, batch: int):
         if name == "ar_cache":

@@ -156,16 +156,22 @@ def token_probs(logits: Tensor, mask_id: int) -> Tensor:
     return logits.softmax(-1)
 
 
+def _rule_keeps(ahead: Tensor, through: Tensor, top_p: float, rule: str) -> Tensor:
+    """The nucleus rule on a token's mass ahead of it and through it (its own included); the
+    top token (nothing ahead) is kept besides, by both callers."""
+    if rule == "bd3lm":  # mass up to and including the token within p
+        return through <= top_p
+    if rule == "hf":  # the smallest prefix whose mass reaches p
+        return ahead < top_p
+    raise ValueError(f"unknown nucleus rule {rule!r}")
+
+
 def nucleus_keep(sorted_p: Tensor, top_p: float, rule: str = "bd3lm") -> Tensor:
     """Which of the descending-sorted probabilities ``sorted_p`` (..., V) the nucleus keeps."""
     cum = sorted_p.cumsum(-1)
-    if rule == "bd3lm":  # mass up to and including the token within p, and the top token
-        keep = cum <= top_p
-        keep[..., 0] = True
-        return keep
-    if rule == "hf":  # the smallest prefix whose mass reaches p
-        return (cum - sorted_p) < top_p
-    raise ValueError(f"unknown nucleus rule {rule!r}")
+    keep = _rule_keeps(cum - sorted_p, cum, top_p, rule)
+    keep[..., 0] = True
+    return keep
 
 
 def nucleus_probs(probs: Tensor, top_p: float, rule: str = "bd3lm") -> Tensor:
@@ -186,11 +192,7 @@ def in_nucleus(probs: Tensor, tokens: Tensor, top_p: float, rule: str = "bd3lm")
     ids = torch.arange(probs.shape[-1], device=probs.device)
     ahead = (probs > p) | ((probs == p) & (ids < tokens[:, None]))
     mass = torch.where(ahead, probs, 0.0).sum(-1)
-    if rule == "bd3lm":  # the top token, or within p with its own mass
-        return ~ahead.any(-1) | (mass + p[:, 0] <= top_p)
-    if rule == "hf":
-        return mass < top_p
-    raise ValueError(f"unknown nucleus rule {rule!r}")
+    return ~ahead.any(-1) | _rule_keeps(mass, mass + p[:, 0], top_p, rule)
 
 
 def draw(
