@@ -1,7 +1,7 @@
 """Where sampling's time goes: one batch under torch.profiler, the top ops by self time.
 
     OMP_NUM_THREADS=2 .venv/bin/python benchmarks/profile_sample.py --preset small \\
-        --length 512 --batch 16 [--stages 4,L --remask 0.5 --parallel 1,64 --refresh 8]
+        --length 512 --batch 16 [--stages 4,L --remask 0.5 --parallel 1,64 --refresh 8 --recompute delayed]
 
 A model of the preset's size with random weights, as ``dind bench sample`` times (the cost
 of a call does not depend on the weights; a threshold rule's call count does). The profiler
@@ -27,6 +27,7 @@ p.add_argument("--stages", default="4", help="block sizes; L (or L/k) for the le
 p.add_argument("--remask", default="", help="gamma of each later stage")
 p.add_argument("--parallel", default="", help="one rule per stage, as dind sample's")
 p.add_argument("--refresh", type=int, default=None)
+p.add_argument("--recompute", default="masked", help="with --refresh: masked or delayed")
 p.add_argument("--rows", type=int, default=25, help="ops to list")
 args = p.parse_args()
 
@@ -38,6 +39,7 @@ scfg = SamplerConfig(
     remask=parse_list(args.remask, float, "--remask"),
     parallel=parse_list(args.parallel, str, "--parallel"),
     refresh=args.refresh,
+    recompute=args.recompute,
     length=L,
 )
 with torch.no_grad():

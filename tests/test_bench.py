@@ -40,14 +40,17 @@ def test_bench_sample_times_the_approximate_cache_when_asked(monkeypatch):
         dind.sampler,
         "sample",
         lambda m, cfg, *a, **k: (
-            seen.append((cfg.stages, cfg.parallel, cfg.refresh)),
+            seen.append((cfg.stages, cfg.parallel, (cfg.refresh, cfg.recompute))),
             real(m, cfg, *a, **k),
         )[1],
     )
     out = bench_sample("tiny", length=16, batch_sizes=(1,), parallel="4", refresh=3,
+                       recompute="delayed",
                        settings=("stage1_cache", "two_stages_parallel"))  # fmt: skip
-    assert out["refresh"] == 3
-    assert {(s, r) for s, _, r in seen} == {((4,), None), ((4, 16), 3)}
+    assert out["refresh"] == 3 and out["recompute"] == "delayed"
+    assert {(s, r) for s, _, r in seen} == {((4,), (None, "masked")), ((4, 16), (3, "delayed"))}
+    with pytest.raises(DindError, match="recompute 'delayed' is for the approximate cache"):
+        bench_sample("tiny", length=16, batch_sizes=(1,), recompute="delayed")
 
 
 def test_bench_ratios_need_their_baseline():

@@ -141,7 +141,7 @@ def test_masked_rows_are_each_rows_masked_positions_sorted_and_padded():
         assert torch.all(rows[r, 1:] >= rows[r, :-1])
 
 
-def _refinement_calls(n_blocks: int, refresh: int):
+def _refinement_calls(n_blocks: int, refresh: int, recompute: str = "masked"):
     """Exact and approximate (``refresh``) logits of a whole-sequence refinement: a full
     pass over partly masked tokens, then three calls, each after committing one token a row."""
     from dind.config import ModelConfig
@@ -154,7 +154,7 @@ def _refinement_calls(n_blocks: int, refresh: int):
     model = random_dit(cfg)
     seen: list[int] = []
     model.blocks[0].attn_qkv.register_forward_hook(lambda m, i, o: seen.append(i[0].shape[1]))
-    view = BlockView(model, 16, None, 16, refresh=refresh, mask_id=32)
+    view = BlockView(model, 16, None, 16, refresh=refresh, recompute=recompute, mask_id=32)
     x = torch.randint(0, 32, (2, 16))
     x[0, [1, 4, 5, 9, 12, 15]] = 32
     x[1, [0, 2, 3, 7]] = 32
@@ -182,6 +182,43 @@ def test_refresh_cache_recomputes_only_the_positions_masked_at_the_full_pass():
     gaps = [float((a - e).abs().max()) for a, e in pairs]
     assert gaps[0] < 1e-5 and gaps[2] < 1e-5  # calls 1 and 3: full passes
     assert gaps[1] > 1e-4 and gaps[3] > 1e-4  # calls 2 and 4: stale keys of the others
+
+
+def test_delayed_recompute_redoes_what_the_last_call_left_masked():
+    """dKV-Cache's delayed caching: a call between full passes recomputes the positions masked
+    at the call before (row 0: 6, then 5, then 4, one committed a call). One layer: exact
+    against the full pass at every call, which only holds if every committed token's keys
+    are recomputed once after its commit. Two layers, a full pass only at the first call:
+    the same as ``masked`` at the first partial call (the same rows), then not (a token
+    committed two calls ago keeps the keys it had one call after its commit)."""
+    pairs, seen = _refinement_calls(n_blocks=1, refresh=100, recompute="delayed")
+    for approx, exact in pairs:
+        torch.testing.assert_close(approx, exact, rtol=1e-5, atol=1e-5)
+    assert seen[0::2] == [16, 6, 5, 4]
+    delayed, _ = _refinement_calls(n_blocks=2, refresh=100, recompute="delayed")
+    masked, _ = _refinement_calls(n_blocks=2, refresh=100)
+    gaps = [float((d[0] - m[0]).abs().max()) for d, m in zip(delayed, masked, strict=True)]
+    assert gaps[0] == 0.0 and gaps[1] < 1e-6
+    assert gaps[2] > 1e-4 and gaps[3] > 1e-4
+
+
+def test_delayed_recompute_needs_refresh_and_is_exact_at_refresh_one():
+    from dind.config import ModelConfig, SamplerConfig
+    from dind.errors import DindError
+    from dind.sampler import sample
+    from helpers import random_dit
+
+    cfg = ModelConfig(vocab_size=33, mask_id=32, seq_len=32, hidden_dim=32, cond_dim=16,
+                      n_blocks=2, n_heads=2)  # fmt: skip
+    model = random_dit(cfg)
+    base = dict(stages=(4, 32), remask=(0.5,), length=32, seed=5, parallel=("1", "4"))
+    exact = sample(model, SamplerConfig(**base), 3, 3, 1, 32)
+    one = sample(model, SamplerConfig(**base, refresh=1, recompute="delayed"), 3, 3, 1, 32)
+    assert [s.stage_tokens for s in one] == [s.stage_tokens for s in exact]
+    with pytest.raises(DindError, match="recompute 'delayed' is for the approximate cache"):
+        SamplerConfig(**base, recompute="delayed")
+    with pytest.raises(DindError, match="recompute must be one of masked, delayed"):
+        SamplerConfig(**base, refresh=2, recompute="stale")
 
 
 def test_refresh_one_is_the_exact_sampler_and_refresh_applies_after_stage_one():

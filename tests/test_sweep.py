@@ -180,7 +180,7 @@ def test_parallel_refinement_sweep(trained_run):
 
     def build(L):
         return grid.parallel_settings(L, (0.5,), (1, 4), (0.9,), ("uniform", "top"), L, opts,
-                                      refreshes=(1,))  # fmt: skip
+                                      refreshes=(1,), recomputes=("masked", "delayed"))  # fmt: skip
 
     res = sweep.run_sampling_sweep("parallel", str(trained_run / "run"), trained_run / "par",
                                    opts, build)  # fmt: skip
@@ -192,6 +192,7 @@ def test_parallel_refinement_sweep(trained_run):
     ppl = {s["setting"]: s["gen_ppl_mean"] for s in res.summary}
     assert ppl["gamma 0.5, 4 per call, refresh 1"] == ppl["gamma 0.5, 4 per call"]
     assert nfe["gamma 0.5, 4 per call, refresh 1"] == draft + 4
+    assert ppl["gamma 0.5, 4 per call, refresh 1 delayed"] == ppl["gamma 0.5, 4 per call"]
     assert draft + 1 <= nfe["gamma 0.5, tau 0.9"] <= draft + 16
     for s in res.summary[1:]:  # every refinement is compared with stage 1 on the same drafts
         assert s["delta_vs_stage1"] is not None
@@ -205,6 +206,10 @@ def test_parallel_refinement_sweep(trained_run):
     res = _cli("sweep", "parallel", "--checkpoint", str(trained_run / "run"), "--out",
                str(trained_run / "par2"), "--refresh", "0")  # fmt: skip
     assert res.returncode != 0 and "--refresh: calls per full pass must be at least 1" in res.stderr
+    res = _cli("sweep", "parallel", "--checkpoint", str(trained_run / "run"), "--out",
+               str(trained_run / "par2"), "--refresh", "4",
+               "--recompute", "masked,late")  # fmt: skip
+    assert res.returncode != 0 and "'late' is not one of masked, delayed" in res.stderr
 
 
 @pytest.mark.slow

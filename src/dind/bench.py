@@ -127,6 +127,7 @@ def bench_sample(
     parallel: str = "16",
     settings: tuple[str, ...] = SAMPLE_SETTINGS,
     refresh: int | None = None,
+    recompute: str = "masked",
 ) -> dict[str, Any]:
     """Seconds per sample and tokens per second of each setting at each batch size, on a
     model of the preset's size at length L (random weights: the cost of a call does not
@@ -141,7 +142,8 @@ def bench_sample(
         raise DindError(
             f"unknown bench setting {unknown[0]!r}: one of {', '.join(SAMPLE_SETTINGS)}"
         )
-    Parallel.parse(parallel)  # a one-line error before any work
+    Parallel.parse(parallel)  # one-line errors before any work
+    SamplerConfig(stages=(4, 8), remask=(gamma,), length=8, refresh=refresh, recompute=recompute)
     device = torch.device(default_device())
     model = random_model(preset_name, length).to(device)
     bos, mask = model.config.mask_id - 1, model.config.mask_id
@@ -157,6 +159,7 @@ def bench_sample(
             kv_cache=name != "stage1_no_cache",
             parallel=("1", parallel) if name == "two_stages_parallel" else (),
             refresh=refresh if name == "two_stages_parallel" else None,
+            recompute=recompute if name == "two_stages_parallel" else "masked",
         )
         return lambda: sample(model, scfg, batch, batch, bos, mask)  # fmt: skip
 
@@ -189,6 +192,7 @@ def bench_sample(
         "gamma": gamma,
         "parallel": parallel,
         "refresh": refresh,
+        "recompute": recompute,
         "figures": figures,
         "ratios": _sample_ratios(figures, batch_sizes),
     }

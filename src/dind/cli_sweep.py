@@ -5,12 +5,12 @@ own lists."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, get_args
 
 import typer
 
 from dind.cli_options import Group, apply, options, parse_list, start_run
-from dind.config import PresetName, RemaskPolicy, TokenizerName
+from dind.config import PresetName, Recompute, RemaskPolicy, TokenizerName
 from dind.grid import SweepOptions
 from dind.utils import check_writable_dir
 
@@ -143,6 +143,13 @@ def sweep_parallel(
             "every R calls (comma-separated R; none by default)."
         ),
     ] = "",
+    recompute: Annotated[
+        str,
+        typer.Option(
+            help="With --refresh, what the calls between full passes recompute, one series "
+            "each: masked (what the full pass left masked), delayed (what the last call did)."
+        ),
+    ] = "masked",
     block_size: BlockOpt = "L",
     length: LengthOpt = None,
     *,
@@ -163,11 +170,15 @@ def sweep_parallel(
     refreshes = parse_list(refresh, int, "--refresh") if refresh else ()
     if any(r < 1 for r in refreshes):
         raise DindError(f"--refresh: calls per full pass must be at least 1, got {refresh}")
+    rules = parse_list(recompute, str, "--recompute")
+    bad = [r for r in rules if r not in get_args(Recompute)] or ([] if rules else [""])
+    if bad:
+        raise DindError(f"--recompute: {bad[0]!r} is not one of {', '.join(get_args(Recompute))}")
 
     def build(L):
         size = grid.parse_size(block_size, L)
         return grid.parallel_settings(L, ratios, k_list, tau_list, pick_list, size, opts,
-                                      refreshes)  # fmt: skip
+                                      refreshes, rules)  # fmt: skip
 
     _run("parallel", checkpoint, out, opts, build, length)
 

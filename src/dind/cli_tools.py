@@ -10,7 +10,7 @@ from typing import Annotated
 import typer
 
 from dind.cli_options import parse_list
-from dind.config import SAMPLE_SETTINGS, AttnBackend, Dtype, PresetName
+from dind.config import SAMPLE_SETTINGS, AttnBackend, Dtype, PresetName, Recompute
 from dind.errors import DindError
 from dind.utils import check_writable_dir, check_writable_file, write_json
 
@@ -115,6 +115,10 @@ def bench_sample(
             "every R calls (default: exact)."
         ),
     ] = None,  # fmt: skip
+    recompute: Annotated[
+        Recompute,
+        typer.Option(help="With --refresh, what the calls between full passes recompute."),
+    ] = "masked",
     settings: Annotated[
         str,
         typer.Option(help="Which to time, comma-separated: " + ", ".join(SAMPLE_SETTINGS) + "."),
@@ -138,7 +142,8 @@ def bench_sample(
         raise DindError(f"--gamma must be in [0, 1], got {gamma}")
     if out is not None:
         check_writable_file(out)
-    result = run_bench(preset, length, batches, repeats, dtype, gamma, parallel, names, refresh)
+    result = run_bench(preset, length, batches, repeats, dtype, gamma, parallel, names, refresh,
+                       recompute)  # fmt: skip
     typer.echo(json.dumps(result, indent=2))
     if out is not None:
         write_json(out, result)

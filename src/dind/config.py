@@ -30,6 +30,7 @@ RemaskPolicy = Literal["snapshot", "posthoc", "random"]
 NucleusRule = Literal["bd3lm", "hf"]
 SamplerName = Literal["first_hitting", "ancestral"]
 Confidence = Literal["model", "nucleus"]
+Recompute = Literal["masked", "delayed"]
 Dtype = Literal["auto", "bf16", "tf32", "fp32"]
 """Precision of a model's passes while sampling (``dind.devices.resolve_dtype``)."""
 
@@ -81,10 +82,8 @@ class ModelConfig:
         if not 0 <= self.mask_id < self.vocab_size:
             raise DindError(f"mask_id {self.mask_id} is outside the vocabulary {self.vocab_size}")
         if self.hidden_dim % self.n_heads or (self.hidden_dim // self.n_heads) % 2:
-            raise DindError(
-                f"hidden_dim {self.hidden_dim} must split into {self.n_heads} heads "
-                "of even size (rotary embeddings)"
-            )
+            raise DindError(f"hidden_dim {self.hidden_dim} must split into {self.n_heads} heads "
+                            "of even size (rotary embeddings)")  # fmt: skip
         if not 0.0 <= self.dropout < 1.0:
             raise DindError(f"dropout must be in [0, 1), got {self.dropout}")
         if self.attn_backend not in get_args(AttnBackend):
@@ -114,17 +113,15 @@ class BlockSizeDistribution:
         if not self.block_sizes:
             raise DindError("at least one block size is needed")
         if len(self.block_sizes) != len(self.probs):
-            raise DindError(
-                f"{len(self.block_sizes)} block sizes but {len(self.probs)} probabilities"
-            )
+            raise DindError(f"{len(self.block_sizes)} block sizes but {len(self.probs)} "
+                            "probabilities")  # fmt: skip
         if len(set(self.block_sizes)) != len(self.block_sizes):
             raise DindError(f"block sizes repeat: {list(self.block_sizes)}")
-        for b in self.block_sizes:
-            if b <= 0:
-                raise DindError(f"block size must be positive, got {b}")
-        for p in self.probs:
-            if not 0.0 <= p <= 1.0 or math.isnan(p):
-                raise DindError(f"block probability must be in [0, 1], got {p}")
+        if any(b <= 0 for b in self.block_sizes):
+            raise DindError(f"block size must be positive, got {min(self.block_sizes)}")
+        bad = [p for p in self.probs if not 0.0 <= p <= 1.0 or math.isnan(p)]
+        if bad:
+            raise DindError(f"block probability must be in [0, 1], got {bad[0]}")
         if abs(sum(self.probs) - 1.0) > 1e-6:
             raise DindError(f"block probabilities must sum to 1, got {sum(self.probs):g}")
 
@@ -209,9 +206,8 @@ class NoiseConfig:
                             f"{self.intervals!r}") from None  # fmt: skip
         for lo, hi in [(self.eps_min, self.eps_max), *self.intervals.values()]:
             if not 0.0 < lo <= hi <= 1.0:
-                raise DindError(
-                    f"noise bounds must satisfy 0 < beta <= omega <= 1, got [{lo}, {hi}]"
-                )
+                raise DindError(f"noise bounds must satisfy 0 < beta <= omega <= 1, got "
+                                f"[{lo}, {hi}]")  # fmt: skip
         if any(not 0 < w <= 1 for w in self.clip_search_widths) or self.clip_search_delta <= 0:
             raise DindError("clip-search widths must be in (0, 1] and delta positive")
 
@@ -346,6 +342,9 @@ class SamplerConfig:
     refresh: int | None = None
     """Fast-dLLM's approximate cache in a later stage whose block spans the window: a full pass
     every R calls; the calls between recompute only what it left masked (1: exact; None: off)."""
+    recompute: Recompute = "masked"
+    """With refresh, what a call between full passes recomputes: "masked" (what the full pass
+    left masked) or "delayed" (what the last call left masked: dKV-Cache's delayed caching)."""
 
     def __post_init__(self) -> None:
         self.stages = tuple(int(b) for b in self.stages)
@@ -368,24 +367,25 @@ class SamplerConfig:
         if bad:
             raise DindError(f"stage block size(s) {bad} do not divide the length {self.length}")
         if len(self.remask) != len(self.stages) - 1:
-            raise DindError(
-                f"{len(self.stages)} stages need {len(self.stages) - 1} remask ratio(s), "
-                f"got {len(self.remask)}"
-            )
+            raise DindError(f"{len(self.stages)} stages need {len(self.stages) - 1} remask "
+                            f"ratio(s), got {len(self.remask)}")  # fmt: skip
         if any(not 0.0 <= g <= 1.0 or math.isnan(g) for g in self.remask):
             raise DindError(f"remask ratios must be in [0, 1]: {list(self.remask)}")
-        if self.remask_policy not in POLICIES:
-            raise DindError(f"remask policy must be one of {', '.join(POLICIES)}")
+        for what, name, choices in (("remask policy", "remask_policy", POLICIES),
+                                    ("nucleus rule", "nucleus", NUCLEUS_RULES),
+                                    ("sampler", "sampler", get_args(SamplerName)),
+                                    ("confidence", "confidence", get_args(Confidence)),
+                                    ("recompute", "recompute", get_args(Recompute))):  # fmt: skip
+            if getattr(self, name) not in choices:
+                raise DindError(f"{what} must be one of {', '.join(choices)}, got "
+                                f"{getattr(self, name)!r}")  # fmt: skip
+        if self.recompute != "masked" and self.refresh is None:
+            raise DindError(f"recompute {self.recompute!r} is for the approximate cache: "
+                            "set refresh")  # fmt: skip
         if not 0.0 < self.top_p <= 1.0:
             raise DindError(f"top-p must be in (0, 1], got {self.top_p}")
-        if self.nucleus not in NUCLEUS_RULES:
-            raise DindError(f"nucleus rule must be one of {', '.join(NUCLEUS_RULES)}")
-        if self.sampler not in get_args(SamplerName):
-            raise DindError("sampler must be 'first_hitting' or 'ancestral'")
         if self.steps is not None and self.steps <= 0:
             raise DindError("steps must be positive")
-        if self.confidence not in get_args(Confidence):
-            raise DindError("confidence must be 'model' or 'nucleus'")
         if self.parallel:
             from dind.parallel import Parallel
 

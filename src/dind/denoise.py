@@ -59,6 +59,7 @@ class BlockView:
     held: tuple[int, int] = (0, 0)  # the positions whose keys/values the cache holds
     refresh: int | None = None  # approximate: a full pass every ``refresh`` calls (below)
     mask_id: int = -1  # which positions a full pass leaves to recompute (with ``refresh``)
+    recompute: str = "masked"  # | "delayed": what a call between full passes recomputes
     approx: RefreshCache | None = None  # with ``refresh``: the last full pass's cache
     approx_state: tuple = ()  # (its span, calls since it)
 
@@ -95,15 +96,23 @@ class BlockView:
         ``refresh``-th) keeps every position's keys and values and notes the positions masked
         then: the only ones whose tokens change until the next full pass. The calls between
         recompute just those (the masked ones and the ones committed since), against the
-        others' keys and values from the full pass. ``refresh`` 1 is the exact pass."""
+        others' keys and values from the full pass. ``refresh`` 1 is the exact pass.
+        ``recompute="delayed"`` (dKV-Cache's delayed caching) recomputes fewer: only what the
+        last call left masked (the masked ones and the ones it committed), so a committed
+        token's keys and values are computed once more, at the call after its commit, and kept
+        from then until the next full pass."""
         window = x[:, lo:end]
         span, calls = self.approx_state or (None, 0)
         if span != (lo, end) or calls % self.refresh == 0:
             self.approx = RefreshCache()
             out = self.model(window, kv_cache=self.approx, logit_index=index)
-            self.approx.rows = masked_rows(window == self.mask_id)  # what the next calls redo
+            self.approx.before = window == self.mask_id
+            self.approx.rows = masked_rows(self.approx.before)  # what the next calls redo
             self.approx_state = ((lo, end), 1)
             return out
+        if self.recompute == "delayed":  # masked at the last call: masked now or just committed
+            masked = window == self.mask_id
+            self.approx.rows, self.approx.before = masked_rows(self.approx.before), masked
         rows = self.approx.rows
         out = self.model(window.gather(1, rows), positions=rows, kv_cache=self.approx,
                          logit_index=torch.searchsorted(rows, index))  # fmt: skip

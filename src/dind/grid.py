@@ -183,12 +183,14 @@ def parallel_settings(
     block_size: int,
     opts: SweepOptions,
     refreshes: tuple[int, ...] = (),
+    recomputes: tuple[str, ...] = ("masked",),
 ) -> list[Setting]:
     """Fast refinement (``dind.parallel``): stage 1 alone, then for each gamma two stages whose
     refinement commits K positions per call (uniformly chosen, or the K most confident, one
     series per rule) or every position whose drawn token reaches tau; the draft is stage 1's,
     one per call. x is K or tau. Each of ``refreshes`` adds the uniform-K series again with
-    Fast-dLLM's approximate cache, a full pass every R calls (``SamplerConfig.refresh``)."""
+    Fast-dLLM's approximate cache, a full pass every R calls (``SamplerConfig.refresh``), once
+    per rule of what the calls between recompute (``recomputes``; "delayed" named so)."""
     out = [stage1_setting(L, opts)]
     for g in gammas:
         two = dict(stages=(opts.stage1, block_size), remask=(g,), length=L)
@@ -204,11 +206,13 @@ def parallel_settings(
             name = f"gamma {g:g}, tau {tau:g}"
             rule = ("1", f"tau:{tau:g}")
             out.append(make_setting(name, f"gamma {g:g}, tau", tau, opts, parallel=rule, **two))
-        for r in refreshes:
+        for r, rule in ((r, rule) for r in refreshes for rule in recomputes):
+            tag = f"refresh {r}" + ("" if rule == "masked" else f" {rule}")
             for k in ks:
-                name = f"gamma {g:g}, {k} per call, refresh {r}"
-                out.append(make_setting(name, f"gamma {g:g}, uniform K, refresh {r}", k, opts,
-                                        parallel=("1", str(k)), refresh=r, **two))  # fmt: skip
+                out.append(make_setting(f"gamma {g:g}, {k} per call, {tag}",
+                                        f"gamma {g:g}, uniform K, {tag}", k, opts,
+                                        parallel=("1", str(k)), refresh=r, recompute=rule,
+                                        **two))  # fmt: skip
     return out
 
 

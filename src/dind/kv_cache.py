@@ -59,6 +59,7 @@ class RefreshCache:
         self.k: list[Tensor] = []
         self.v: list[Tensor] = []
         self.rows: Tensor | None = None  # the positions a partial pass recomputes; None: full
+        self.before: Tensor | None = None  # (B, T) the positions masked at the last call
 
     def write(self, layer: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
         if self.rows is None:  # a full pass: keep every position's keys and values

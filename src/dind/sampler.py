@@ -112,6 +112,7 @@ def run_stage(
     window: int,
     stride: int,
     refresh: int | None = None,
+    recompute: str = "masked",
 ) -> tuple[Tensor, Tensor]:
     """One stage of Algorithm 1 over a batch, in place: returns (nfe, cache_passes) per row,
     on the tokens' device (as every counter the in-block samplers add to).
@@ -119,14 +120,16 @@ def run_stage(
     the window walk of a block of at least the window. Under autocast (``dind.devices``) the
     KV cache holds keys and values at the autocast dtype, as the model computes them.
     ``refresh``: Fast-dLLM's approximate cache where a block spans the window
-    (``dind.denoise.BlockView.approximate_logits``); None is exact."""
+    (``dind.denoise.BlockView.approximate_logits``), recomputing ``recompute`` between full
+    passes; None is exact."""
     B, L = x.shape
     nfe = torch.zeros(B, dtype=torch.long, device=x.device)
     passes = torch.zeros(B, dtype=torch.long, device=x.device)
     cache = None
     if use_cache and block_size < window:
         cache = model.new_kv_cache(B, window, dtype=autocast_dtype(x.device))
-    view = BlockView(model, block_size, cache, window, refresh=refresh, mask_id=settings.mask_id)
+    view = BlockView(model, block_size, cache, window, refresh=refresh, recompute=recompute,
+                     mask_id=settings.mask_id)  # fmt: skip
     for start, end in stage_spans(L, block_size, window, stride):
         if (x[:, start:end] == settings.mask_id).any():
             passes += view.seek(x, start, end)
@@ -195,7 +198,8 @@ def sample_batch(
             chosen = chosen.tolist()
         stage = dataclasses.replace(settings, parallel=cfg.parallel_rule(k))
         nfe, passes = run_stage(model, x, conf, block_size, stage, generators, cfg.kv_cache,
-                                window, stride, cfg.refresh if k > 0 else None)  # fmt: skip
+                                window, stride, cfg.refresh if k > 0 else None,
+                                cfg.recompute)  # fmt: skip
         if k == 0 and cfg.retry_low_entropy:
             redraws = _redraw_low_entropy(model, x, conf, blank, nfe, passes, block_size,
                                           stage, generators, cfg.kv_cache, indices,

@@ -69,6 +69,7 @@ def to_record(s: Sample, tokenizer, cfg: SamplerConfig) -> dict[str, Any]:
         # only with parallel decoding, likewise
         **({"parallel": list(cfg.parallel)} if cfg.parallel else {}),
         **({"refresh": cfg.refresh} if cfg.refresh is not None else {}),
+        **({"recompute": cfg.recompute} if cfg.recompute != "masked" else {}),
     }
 
 

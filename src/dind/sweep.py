@@ -137,7 +137,8 @@ def saved_samples(path: Path, cfg: SamplerConfig, num_samples: int) -> list[dict
         want = {"index": i, "seed": sample_seed(cfg.seed, i), "stages": list(cfg.stages),
                 "remask_ratios": list(cfg.remask), "remask_policy": cfg.remask_policy,
                 "top_p": cfg.top_p, "nucleus": cfg.nucleus,
-                "parallel": list(cfg.parallel) or None, "refresh": cfg.refresh}  # fmt: skip
+                "parallel": list(cfg.parallel) or None, "refresh": cfg.refresh,
+                "recompute": None if cfg.recompute == "masked" else cfg.recompute}  # fmt: skip
         got = {k: r.get(k) for k in want}
         if got != want:
             diff = next(k for k in want if got[k] != want[k])
