@@ -1,7 +1,8 @@
 """Where sampling's time goes: one batch under torch.profiler, the top ops by self time.
 
     OMP_NUM_THREADS=2 .venv/bin/python benchmarks/profile_sample.py --preset small \\
-        --length 512 --batch 16 [--stages 4,L --remask 0.5 --parallel 1,64 --refresh 8 --recompute delayed]
+        --length 512 --batch 16 [--stages 4,L --remask 0.5 --parallel 1,64 --refresh 8 \\
+        --recompute delayed]
 
 A model of the preset's size with random weights, as ``dind bench sample`` times (the cost
 of a call does not depend on the weights; a threshold rule's call count does). The profiler

@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -116,3 +118,28 @@ def test_identity_check_names_the_settings_whose_samples_differ(tmp_path):
     changed["0.02:stage1"] = []
     res = compare(changed)
     assert res.returncode == 1 and res.stdout.strip() == "differ: 0.02:stage1, 1.0:two"
+
+
+@pytest.mark.slow
+def test_call_projection_adds_up_the_calls_it_timed(tmp_path):
+    """benchmarks/project_calls.py: the refinement is gamma * L times the timed full pass, and
+    stage 1 without the cache is 4 calls per block at each block's prefix length, linear
+    between the timed lengths (recomputed here from the call times it wrote)."""
+    out = tmp_path / "proj.json"
+    res = subprocess.run([sys.executable, str(REPO / "benchmarks" / "project_calls.py"),
+                          "--preset", "tiny", "--length", "32", "--batch", "2", "--points", "2",
+                          "--repeats", "1", "--gamma", "0.25", "--out", str(out)],
+                         capture_output=True, text=True, cwd=REPO, timeout=300)  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    fig = json.loads(out.read_text())
+    assert fig["projected"] and fig["refinement_calls"] == 8
+    assert fig["two_stages_refinement_s_per_sample"] == pytest.approx(
+        8 * fig["refinement_call_s"] / 2
+    )
+    timed = {int(k): v for k, v in fig["stage1_no_cache_call_s"].items()}
+    assert sorted(timed) == [4, 16, 32]  # the first block's prefix and the --points lengths
+    calls = {end: timed[4] + (timed[16] - timed[4]) * (end - 4) / 12 for end in range(4, 17, 4)}
+    calls |= {
+        end: timed[16] + (timed[32] - timed[16]) * (end - 16) / 16 for end in (20, 24, 28, 32)
+    }
+    assert fig["stage1_no_cache_s_per_sample"] == pytest.approx(4 * sum(calls.values()) / 2)
