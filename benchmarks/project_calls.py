@@ -6,8 +6,9 @@ sampler issues, not measured end to end:
   bidirectional pass over the L tokens with one logit row per sample, so the refinement costs
   floor(gamma * L) times one call; stage 1 (timed whole by `dind bench sample`) comes on top.
 - ``stage1_no_cache``: block [s, s + 4) is denoised by 4 calls over the prefix [0, s + 4)
-  under the block-causal mask, one logit row each; a call is timed at ``--points`` prefix
-  lengths and the sum over all L / 4 blocks is taken by linear interpolation between them.
+  under the block-causal mask, one logit row each; a call is timed at the first block's prefix
+  and at ``--points`` more prefix lengths, and the sum over all L / 4 blocks is taken by
+  linear interpolation between them.
 
     OMP_NUM_THREADS=2 .venv/bin/python benchmarks/project_calls.py --preset small --batch 16
 
@@ -16,7 +17,6 @@ sample --batch-sizes 1` (the script prints both parts so the comparison is direc
 """
 
 import argparse
-import json
 import math
 import statistics
 import time
@@ -25,7 +25,9 @@ import numpy as np
 import torch
 
 from dind.bench import random_model
+from dind.config import SamplerConfig
 from dind.denoise import BlockView
+from dind.utils import check_writable_file, write_json
 
 p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
 p.add_argument("--preset", default="small")
@@ -37,7 +39,9 @@ p.add_argument("--repeats", type=int, default=3, help="calls timed per shape (me
 p.add_argument("--out", default=None, help="write the figures here as JSON")
 args = p.parse_args()
 
-L, B, bs = args.length, args.batch, 4
+L, B, bs = args.length, args.batch, SamplerConfig().stages[0]  # stage 1's block
+if args.out:
+    check_writable_file(args.out)  # before minutes of timing
 model = random_model(args.preset, L)
 mask = model.config.mask_id
 x = torch.randint(0, mask, (B, L))
@@ -60,9 +64,9 @@ with torch.no_grad():
     nocache = BlockView(model, bs, None)
     ends = sorted({bs} | {round(L * (i + 1) / args.points / bs) * bs for i in range(args.points)})
     timed = {end: call_seconds(nocache, end - bs, end) for end in ends}
-    xs, ys = ends, [timed[e] for e in ends]
-    # bs calls per block, one per position; linear between the timed ends, flat below the first
-    total = sum(bs * float(np.interp(end, xs, ys)) for end in range(bs, L + 1, bs))
+    ys = [timed[e] for e in ends]
+    # bs calls per block, one per position; linear between the timed ends
+    total = sum(bs * float(np.interp(end, ends, ys)) for end in range(bs, L + 1, bs))
 
 figures = {
     "preset": args.preset, "length": L, "batch": B, "threads": torch.get_num_threads(),
@@ -77,7 +81,6 @@ print(f"{args.preset}, L = {L}, batch {B}, {torch.get_num_threads()} threads (pr
 print(f"  refinement call {full:.3f} s x {calls} calls = "
       f"{calls * full / B:.1f} s per sample on top of stage 1")  # fmt: skip
 print(f"  stage 1 without the cache: {total / B:.1f} s per sample "
-      f"(calls {ys[0]:.3f} s at prefix {xs[0]} .. {ys[-1]:.3f} s at {xs[-1]})")  # fmt: skip
+      f"(calls {ys[0]:.3f} s at prefix {ends[0]} .. {ys[-1]:.3f} s at {ends[-1]})")  # fmt: skip
 if args.out:
-    with open(args.out, "w") as f:
-        json.dump(figures, f, indent=2)
+    write_json(args.out, figures)
