@@ -4,7 +4,12 @@ seed (same drafts): the mean over seeds of the per-seed difference in Gen PPL an
 such as issue 13's "entropy within 1%": a mean inside it is not enough if the interval is not.
 
 usage: .venv/bin/python runs/paired.py SWEEP/parallel_seeds.csv [MORE.csv ...] (runs of the
-same model over different seeds, pooled)
+same model over different seeds, pooled) [--base BASE.csv ...]
+
+With ``--base``, the one-per-call reference is read from the CSVs after it instead (the same
+model, seeds and judge drawn otherwise, e.g. at another ``--dtype``), and every setting of the
+first CSVs is compared with the base's same setting and with its one per call, on the seeds
+both hold.
 """
 
 import math
@@ -22,20 +27,39 @@ def t95(n: int) -> float:
     return T95[max(k for k in T95 if k <= n)] if n < 40 else 1.98
 
 
-rows = [r for path in sys.argv[1:] for r in read_csv(path)]
-by: dict[str, dict[int, dict]] = defaultdict(dict)
-for r in rows:
-    by[r["setting"]][int(r["seed"])] = r
-print("| setting | seeds | Gen PPL vs 1 per call | entropy vs 1 per call |\n|---|---|---|---|")
-for name, per in by.items():
-    gamma = name.split(",")[0]
-    base = by.get(f"{gamma}, 1 per call")
-    if base is None or name == f"{gamma}, 1 per call":
-        continue
-    cells = []
+def by_setting(paths: list[str]) -> dict[str, dict[int, dict]]:
+    by: dict[str, dict[int, dict]] = defaultdict(dict)
+    for r in (r for path in paths for r in read_csv(path)):
+        by[r["setting"]][int(r["seed"])] = r
+    return by
+
+
+args = sys.argv[1:]
+cut = args.index("--base") if "--base" in args else len(args)
+by = by_setting(args[:cut])
+refs = by_setting(args[cut + 1 :]) if cut < len(args) else by
+
+
+def cells(per: dict[int, dict], base: dict[int, dict]) -> tuple[int, list[str]]:
+    seeds = sorted(set(per) & set(base))
+    out = []
     for col in ("gen_ppl", "entropy"):
-        d = [100 * (float(per[s][col]) / float(base[s][col]) - 1) for s in sorted(per)]
+        d = [100 * (float(per[s][col]) / float(base[s][col]) - 1) for s in seeds]
         half = t95(len(d)) * statistics.stdev(d) / math.sqrt(len(d)) if len(d) > 1 else math.nan
         m = statistics.mean(d)
-        cells.append(f"{m:+.2f}% [{m - half:+.2f}, {m + half:+.2f}]")
-    print(f"| {name} | {len(per)} | {cells[0]} | {cells[1]} |")
+        out.append(f"{m:+.2f}% [{m - half:+.2f}, {m + half:+.2f}]")
+    return len(seeds), out
+
+
+print("| setting | against | seeds | Gen PPL | entropy |\n|---|---|---|---|---|")
+for name, per in by.items():
+    gamma = name.split(",")[0]
+    against = [f"{gamma}, 1 per call"]
+    if refs is not by:  # the same setting drawn otherwise, first
+        against = list(dict.fromkeys([name, *against])) if name.startswith("gamma") else [name]
+    for ref in against:
+        if ref not in refs or (refs is by and ref == name):
+            continue
+        n, (ppl, ent) = cells(per, refs[ref])
+        if n:
+            print(f"| {name} | {'base ' if refs is not by else ''}{ref} | {n} | {ppl} | {ent} |")

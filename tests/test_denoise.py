@@ -202,6 +202,22 @@ def test_delayed_recompute_redoes_what_the_last_call_left_masked():
     assert gaps[2] > 1e-4 and gaps[3] > 1e-4
 
 
+def test_asked_recompute_redoes_the_last_commits_and_the_asked_positions():
+    """``recompute="asked"``: a call between full passes recomputes what the call before it
+    committed and the positions this call asks (1 + 1 rows here, where delayed redoes every
+    masked one). One layer: still exact at every call (a masked position's keys depend on its
+    own token, which has not changed). Two layers: it differs from delayed from the first
+    partial call on (the masked positions not asked keep the full pass's keys)."""
+    pairs, seen = _refinement_calls(n_blocks=1, refresh=100, recompute="asked")
+    for approx, exact in pairs:
+        torch.testing.assert_close(approx, exact, rtol=1e-5, atol=1e-5)
+    assert seen[0::2] == [16, 2, 2, 2]
+    asked, _ = _refinement_calls(n_blocks=2, refresh=100, recompute="asked")
+    delayed, _ = _refinement_calls(n_blocks=2, refresh=100, recompute="delayed")
+    gaps = [float((a[0] - d[0]).abs().max()) for a, d in zip(asked, delayed, strict=True)]
+    assert gaps[0] == 0.0 and min(gaps[1:]) > 1e-5
+
+
 def test_delayed_recompute_needs_refresh_and_is_exact_at_refresh_one():
     from dind.config import ModelConfig, SamplerConfig
     from dind.errors import DindError
@@ -213,11 +229,12 @@ def test_delayed_recompute_needs_refresh_and_is_exact_at_refresh_one():
     model = random_dit(cfg)
     base = dict(stages=(4, 32), remask=(0.5,), length=32, seed=5, parallel=("1", "4"))
     exact = sample(model, SamplerConfig(**base), 3, 3, 1, 32)
-    one = sample(model, SamplerConfig(**base, refresh=1, recompute="delayed"), 3, 3, 1, 32)
-    assert [s.stage_tokens for s in one] == [s.stage_tokens for s in exact]
+    for recompute in ("delayed", "asked"):
+        one = sample(model, SamplerConfig(**base, refresh=1, recompute=recompute), 3, 3, 1, 32)
+        assert [s.stage_tokens for s in one] == [s.stage_tokens for s in exact]
     with pytest.raises(DindError, match="recompute 'delayed' is for the approximate cache"):
         SamplerConfig(**base, recompute="delayed")
-    with pytest.raises(DindError, match="recompute must be one of masked, delayed"):
+    with pytest.raises(DindError, match="recompute must be one of masked, delayed, asked"):
         SamplerConfig(**base, refresh=2, recompute="stale")
 
 

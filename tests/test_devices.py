@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from dind import devices
+from dind.config import SamplerConfig
 from dind.errors import DindError
 from dind.loss import bd3_loss
 from dind.mixed_scale import sample_block_sizes
@@ -21,9 +22,9 @@ def test_precision_choices_on_this_machine():
     assert devices.resolve_dtype("auto", "cpu") == "fp32"
     assert devices.resolve_dtype("auto", "cuda") == "bf16"
     assert devices.resolve_dtype("tf32", "cuda") == "tf32"
-    for dtype in ("bf16", "tf32"):
-        with pytest.raises(DindError, match=f"--dtype {dtype} needs a CUDA device"):
-            devices.resolve_dtype(dtype, "cpu")
+    assert devices.resolve_dtype("bf16", "cpu") == "bf16"  # opt-in on the CPU
+    with pytest.raises(DindError, match="--dtype tf32 needs a CUDA device"):
+        devices.resolve_dtype("tf32", "cpu")
     with pytest.raises(DindError, match="dtype must be one of auto, bf16, tf32, fp32"):
         devices.resolve_dtype("fp16", "cpu")
     assert devices.default_device() == ("cuda" if torch.cuda.is_available() else "cpu")
@@ -43,6 +44,32 @@ def test_cpu_sampling_precision_changes_nothing():
         assert not torch.is_autocast_enabled("cpu") and devices.autocast_dtype("cpu") is None
         assert _matmul_settings() == before
     assert _matmul_settings() == before
+
+
+def test_cpu_bf16_autocasts_the_passes_inside_only(tiny_cfg):
+    """``--dtype bf16`` on the CPU: bfloat16 autocast inside the context (the KV cache follows
+    it), no matmul setting touched, nothing left on after it. The logits stay near float32's
+    (bfloat16 keeps 8 bits of mantissa); the sampler's probabilities are float64 either way."""
+    from dind.sampler import sample
+
+    torch.manual_seed(0)
+    model = DiT(tiny_cfg).eval()
+    torch.nn.init.normal_(model.output_layer.linear.weight, std=0.5)
+    x = torch.randint(0, tiny_cfg.mask_id, (2, 16))
+    before = _matmul_settings()
+    with torch.no_grad():
+        full = model(x)
+        with devices.sampling_precision("cpu", "bf16") as dtype:
+            assert dtype == "bf16" and devices.autocast_dtype("cpu") == torch.bfloat16
+            assert _matmul_settings() == before
+            half = model(x)
+            drawn = sample(model, SamplerConfig(stages=(4, 16), remask=(0.5,), length=16), 2, 2,
+                           tiny_cfg.mask_id - 1, tiny_cfg.mask_id)  # fmt: skip
+    assert not torch.is_autocast_enabled("cpu") and _matmul_settings() == before
+    assert half.dtype == torch.bfloat16 and full.dtype == torch.float32
+    err = (half.float() - full).abs().max() / full.abs().max()
+    assert 0 < err < 0.05, err  # rounded, and only rounded
+    assert all(len(s.tokens) == 16 and tiny_cfg.mask_id not in s.tokens for s in drawn)
 
 
 def test_cuda_tf32_is_scoped_and_leaves_the_cpu_alone():

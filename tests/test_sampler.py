@@ -673,11 +673,11 @@ def test_a_window_inside_one_block_attends_without_a_mask(tiny_cfg):
 
 @pytest.mark.slow
 def test_cli_dtype(trained_run):
-    """``--dtype``: auto is fp32 on the CPU (the same file as --dtype fp32, timings aside); a
-    bad value, or one that needs CUDA on a CPU machine, is a one-line error."""
+    """``--dtype``: auto is fp32 on the CPU (the same file as --dtype fp32, timings aside); bf16
+    runs on the CPU too; a bad value, or tf32 on a CPU machine, is a one-line error."""
     run_dir, cache = str(trained_run / "run"), trained_run / "cache"
     records = []
-    for name, dtype in (("auto", []), ("fp32", ["--dtype", "fp32"])):
+    for name, dtype in (("auto", []), ("fp32", ["--dtype", "fp32"]), ("bf16", ["--dtype", "bf16"])):
         out = trained_run / f"dtype_{name}.jsonl"
         res = _cli("sample", "--checkpoint", run_dir, "--out", str(out), "--stages", "4,32",
                    "--remask", "0.5", "--num-samples", "2", "--length", "32",
@@ -687,9 +687,10 @@ def test_cli_dtype(trained_run):
                         for line in out.read_text().splitlines()])  # fmt: skip
     if not torch.cuda.is_available():
         assert records[0] == records[1]
+    assert [len(r) for r in records[2:]] == [2] and all(r["text"] for r in records[2])
     bad = [(["--dtype", "fp16"], "'fp16' is not one of 'auto', 'bf16', 'tf32', 'fp32'")]
     if not torch.cuda.is_available():
-        bad.append((["--dtype", "bf16"], "--dtype bf16 needs a CUDA device"))
+        bad.append((["--dtype", "tf32"], "--dtype tf32 needs a CUDA device"))
     for args, msg in bad:
         res = _cli("sample", "--checkpoint", run_dir, "--out", str(trained_run / "x.jsonl"),
                    "--no-progress", *args, cache=cache)  # fmt: skip

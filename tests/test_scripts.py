@@ -143,3 +143,30 @@ def test_call_projection_adds_up_the_calls_it_timed(tmp_path):
         end: timed[16] + (timed[32] - timed[16]) * (end - 16) / 16 for end in (20, 24, 28, 32)
     }
     assert fig["stage1_no_cache_s_per_sample"] == pytest.approx(4 * sum(calls.values()) / 2)
+
+
+@pytest.mark.slow
+def test_matmul_ceiling_sums_the_layers_it_timed(tmp_path):
+    """benchmarks/matmul_ceiling.py: a call is each timed layer times its count per call, and
+    the gain of batch B is B times batch 1's call over batch B's (recomputed from its JSON)."""
+    out = tmp_path / "ceiling.json"
+    res = subprocess.run([sys.executable, str(REPO / "benchmarks" / "matmul_ceiling.py"),
+                          "--preset", "tiny", "--batches", "1,4", "--dtypes", "fp32",
+                          "--repeats", "2", "--out", str(out)],
+                         capture_output=True, text=True, cwd=REPO, timeout=300)  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    fig = json.loads(out.read_text())
+    counts = [layer["per_call"] for layer in fig["layers"]]
+    assert counts[-1] == 1 and fig["layers"][-1]["rows_per_sample"] == 1  # the head
+    for b in ("1", "4"):
+        each = fig["layer_s"]["fp32"][b]
+        assert len(each) == len(counts) and min(each) > 0
+        assert fig["call_s"]["fp32"][b] == pytest.approx(
+            sum(n * t for n, t in zip(counts, each, strict=True))
+        )
+    call = fig["call_s"]["fp32"]
+    assert fig["gain"]["fp32"] == pytest.approx({"1": 1.0, "4": 4 * call["1"] / call["4"]})
+    script = str(REPO / "benchmarks" / "matmul_ceiling.py")
+    bad = subprocess.run([sys.executable, script, "--dtypes", "fp16"], capture_output=True,
+                         text=True, cwd=REPO)  # fmt: skip
+    assert bad.returncode != 0 and "--dtypes fp32 and/or bf16" in bad.stderr

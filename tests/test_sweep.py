@@ -10,6 +10,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 from dind import frontier, grid, results, sweep
 from dind.errors import DindError
@@ -133,6 +134,40 @@ def test_policy_and_nfe_sweeps(trained_run):
 
 
 @pytest.mark.slow
+def test_sweep_draws_at_its_dtype(trained_run, tmp_path, monkeypatch):
+    """--dtype bf16: every draw (the drafts too) runs under bfloat16 autocast on the
+    model's device, and the JSON says so; auto records nothing (the JSON is unchanged)."""
+    import dataclasses
+
+    import dind.sampler
+
+    seen, real = [], dind.sampler.sample
+
+    def spy(model, *args, **kwargs):
+        kind = next(model.parameters()).device.type
+        seen.append(torch.is_autocast_enabled(kind) and torch.get_autocast_dtype(kind))
+        return real(model, *args, **kwargs)
+
+    monkeypatch.setattr(dind.sampler, "sample", spy)
+    opts = SweepOptions(seeds=(0,), num_samples=2, batch_size=2, progress=False)
+    run = str(trained_run / "run")
+
+    def build(L):
+        return grid.policy_settings(L, 0.5, L, ("snapshot",), opts)
+
+    for dtype in ("auto", "bf16"):
+        seen.clear()
+        res = sweep.run_sampling_sweep("policy", run, tmp_path / dtype,
+                                       dataclasses.replace(opts, dtype=dtype), build)  # fmt: skip
+        meta = json.loads(res.files["json"].read_text())
+        assert len(seen) == 2  # stage 1 (the two-stage setting's draft too), the refinement
+        if dtype == "bf16":
+            assert meta["dtype"] == "bf16" and seen == [torch.bfloat16] * 2
+        elif not torch.cuda.is_available():
+            assert "dtype" not in meta and not any(seen)
+
+
+@pytest.mark.slow
 def test_a_second_judge_scores_the_saved_samples(trained_run, tmp_path, monkeypatch):
     """--samples-from judges the files an earlier sweep saved: the same rows as drawing them
     again (same judge), nothing drawn, and a file of another setting is refused."""
@@ -209,7 +244,7 @@ def test_parallel_refinement_sweep(trained_run):
     res = _cli("sweep", "parallel", "--checkpoint", str(trained_run / "run"), "--out",
                str(trained_run / "par2"), "--refresh", "4",
                "--recompute", "masked,late")  # fmt: skip
-    assert res.returncode != 0 and "'late' is not one of masked, delayed" in res.stderr
+    assert res.returncode != 0 and "'late' is not one of masked, delayed, asked" in res.stderr
 
 
 @pytest.mark.slow
@@ -316,6 +351,8 @@ def test_mix_sweep_end_to_end(trained_run):
         (["policy", "--block-size", "16,32"], "one block size expected, got '16,32'"),
         (["topp", "--top-ps", "0.9,1.5"], "setting 'stage 1, top-p 1.5': top-p must be in (0, 1]"),
         (["gamma", "--nucleus", "topk"], "'topk' is not one of 'bd3lm', 'hf'"),  # a choice
+        *([(["gamma", "--dtype", "tf32"], "--dtype tf32 needs a CUDA device")]
+          if not torch.cuda.is_available() else []),
     ],
 )  # fmt: skip
 def test_bad_grid_is_reported_before_any_work(trained_run, tmp_path, args, msg, capsys,

@@ -147,7 +147,8 @@ def sweep_parallel(
         str,
         typer.Option(
             help="With --refresh, what the calls between full passes recompute, one series "
-            "each: masked (what the full pass left masked), delayed (what the last call did)."
+            "each: masked (what the full pass left masked), delayed (what the last call did), "
+            "asked (what the last call committed and what this call asks)."
         ),
     ] = "masked",
     block_size: BlockOpt = "L",

@@ -30,7 +30,7 @@ RemaskPolicy = Literal["snapshot", "posthoc", "random"]
 NucleusRule = Literal["bd3lm", "hf"]
 SamplerName = Literal["first_hitting", "ancestral"]
 Confidence = Literal["model", "nucleus"]
-Recompute = Literal["masked", "delayed"]
+Recompute = Literal["masked", "delayed", "asked"]
 Dtype = Literal["auto", "bf16", "tf32", "fp32"]
 """Precision of a model's passes while sampling (``dind.devices.resolve_dtype``)."""
 
@@ -344,7 +344,8 @@ class SamplerConfig:
     every R calls; the calls between recompute only what it left masked (1: exact; None: off)."""
     recompute: Recompute = "masked"
     """With refresh, what a call between full passes recomputes: "masked" (what the full pass
-    left masked) or "delayed" (what the last call left masked: dKV-Cache's delayed caching)."""
+    left masked), "delayed" (what the last call left masked: dKV-Cache's delayed caching) or
+    "asked" (what the last call committed, and the positions whose logits this call asks)."""
 
     def __post_init__(self) -> None:
         self.stages = tuple(int(b) for b in self.stages)

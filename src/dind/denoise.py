@@ -59,7 +59,7 @@ class BlockView:
     held: tuple[int, int] = (0, 0)  # the positions whose keys/values the cache holds
     refresh: int | None = None  # approximate: a full pass every ``refresh`` calls (below)
     mask_id: int = -1  # which positions a full pass leaves to recompute (with ``refresh``)
-    recompute: str = "masked"  # | "delayed": what a call between full passes recomputes
+    recompute: str = "masked"  # | "delayed" | "asked": what a call between full passes redoes
     approx: RefreshCache | None = None  # with ``refresh``: the last full pass's cache
     approx_state: tuple = ()  # (its span, calls since it)
 
@@ -100,7 +100,12 @@ class BlockView:
         ``recompute="delayed"`` (dKV-Cache's delayed caching) recomputes fewer: only what the
         last call left masked (the masked ones and the ones it committed), so a committed
         token's keys and values are computed once more, at the call after its commit, and kept
-        from then until the next full pass."""
+        from then until the next full pass. ``recompute="asked"`` recomputes fewer still: what
+        the last call committed, and the positions whose logits this call asks; the masked
+        positions not asked keep the full pass's keys and values (their token has not changed,
+        their context has). With positions picked uniformly that is 2k rows a call instead of
+        every masked one; a rule that asks every masked position's logits (top, tau) recomputes
+        what ``delayed`` does."""
         window = x[:, lo:end]
         span, calls = self.approx_state or (None, 0)
         if span != (lo, end) or calls % self.refresh == 0:
@@ -113,6 +118,10 @@ class BlockView:
         if self.recompute == "delayed":  # masked at the last call: masked now or just committed
             masked = window == self.mask_id
             self.approx.rows, self.approx.before = masked_rows(self.approx.before), masked
+        elif self.recompute == "asked":  # just committed, or asked for
+            masked = window == self.mask_id
+            redo = (self.approx.before & ~masked).scatter(1, index, True)
+            self.approx.rows, self.approx.before = masked_rows(redo), masked
         rows = self.approx.rows
         out = self.model(window.gather(1, rows), positions=rows, kv_cache=self.approx,
                          logit_index=torch.searchsorted(rows, index))  # fmt: skip
@@ -160,9 +169,10 @@ def masked_rows(masked: Tensor) -> Tensor:
 
 def token_probs(logits: Tensor, mask_id: int) -> Tensor:
     """Denoiser distribution over real tokens (SUBS: the mask is never predicted), float64."""
-    logits = logits.double()
-    logits[..., mask_id] = NEG_INF
-    return logits.softmax(-1)
+    index = torch.tensor([mask_id], device=logits.device)
+    # the mask at NEG_INF in the logits' dtype, then one float64 softmax (exp(NEG_INF) is 0
+    # at any precision): no float64 copy of the logits beside the probabilities
+    return logits.index_fill(-1, index, NEG_INF).softmax(-1, dtype=torch.float64)
 
 
 def _rule_keeps(ahead: Tensor, through: Tensor, top_p: float, rule: str) -> Tensor:
@@ -222,7 +232,9 @@ def draw(
     whole vocabulary is the nucleus's winner whenever it lies in the nucleus (renormalizing
     scales every ratio alike), which ``in_nucleus`` checks; only the other rows (about 1 -
     top_p of them) are sorted. The same tokens, up to a rounding tie between two ratios."""
-    noise = torch.stack([torch.empty_like(probs[0]).exponential_(generator=g) for g in generators])
+    noise = torch.empty_like(probs)  # each row filled in place: no stacked copy of N x V
+    for row, g in zip(noise, generators, strict=True):
+        row.exponential_(generator=g)
     if nucleus_p:
         p = nucleus_probs(probs, top_p, rule)
         tokens = (p / noise).argmax(-1)
@@ -375,9 +387,11 @@ def _parallel(view, x, conf, start, end, s, generators, nfe) -> None:
                 keep = valid & (top >= par.tau)
                 keep[active & ~keep.any(1), :] |= _first_max(top)[active & ~keep.any(1)]
         entries = keep[valid]  # which of the N entries are kept (row-major)
+        if not entries.all():  # uniform picks keep every entry: no copy of N x V then
+            probs = probs[entries]
         gens = [generators[r] for r in keep.nonzero()[:, 0].tolist()]
-        tokens, p_nucleus = draw(probs[entries], s.top_p, gens, s.nucleus, nucleus_p)
-        p_model = probs[entries].gather(-1, tokens[:, None])[:, 0]
+        tokens, p_nucleus = draw(probs, s.top_p, gens, s.nucleus, nucleus_p)
+        p_model = probs.gather(-1, tokens[:, None])[:, 0]
         if par.pick == "tau":  # a drawn token below tau is not committed; at least one
             drawn = torch.full(valid.shape, -1.0, dtype=probs.dtype, device=x.device)
             drawn[keep] = p_model

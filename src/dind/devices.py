@@ -5,10 +5,14 @@ Design choices:
 - Sampling precision (``--dtype``), for the model's forward passes only: the sampler's
   probabilities, nucleus draws and confidences stay float64 whatever it is.
   ``auto`` is bfloat16 autocast on CUDA and float32 on the CPU (exactly as before: nothing
-  on the CPU changes); ``bf16`` is bfloat16 autocast with TF32 for the float32 matmuls left
-  (CUDA); ``tf32`` keeps float32 activations with TF32 matmuls (CUDA); ``fp32`` is IEEE
+  on the CPU changes); ``bf16`` is bfloat16 autocast, with TF32 for the float32 matmuls left
+  on CUDA; ``tf32`` keeps float32 activations with TF32 matmuls (CUDA); ``fp32`` is IEEE
   float32 (TF32 off). TF32 is only ever switched on for CUDA matmuls, and only inside the
   context: the previous setting comes back on exit.
+- ``bf16`` on the CPU is opt-in: oneDNN's bfloat16 matmuls are several times faster than
+  float32 on a CPU with AVX512-BF16 or AMX (docs/results.md has the figures; ``dind bench
+  sample --dtype bf16`` measures a machine), and can be slower where it is emulated. Its
+  samples are not float32's.
 - ``to_device``: a host tensor goes to CUDA through pinned memory, asynchronously, so the
   training loop's copies never make the host wait for the device.
 - CPU and CUDA random generators give different streams for the same seed, so a sample drawn
@@ -39,7 +43,7 @@ def resolve_dtype(dtype: str, device: str | torch.device) -> str:
     cuda = torch.device(device).type == "cuda"
     if dtype == "auto":
         return "bf16" if cuda else "fp32"
-    if dtype in ("bf16", "tf32") and not cuda:
+    if dtype == "tf32" and not cuda:
         raise DindError(f"--dtype {dtype} needs a CUDA device; the CPU samples in fp32")
     return dtype
 
@@ -65,10 +69,14 @@ def cuda_tf32(enabled: bool) -> Iterator[None]:
 @contextmanager
 def sampling_precision(device: str | torch.device, dtype: str = "auto") -> Iterator[str]:
     """Run the model's forward passes inside the block at ``dtype`` (see the module's notes);
-    yields the resolved precision. On the CPU ("auto" or "fp32") it changes nothing."""
+    yields the resolved precision. On the CPU, "auto" and "fp32" change nothing."""
     resolved = resolve_dtype(dtype, device)
     if torch.device(device).type != "cuda":
-        yield resolved
+        if resolved == "bf16":
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                yield resolved
+        else:
+            yield resolved
         return
     with cuda_tf32(resolved != "fp32"):
         if resolved == "bf16":

@@ -12,7 +12,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from dind.config import BlockSizeDistribution, NucleusRule, SamplerConfig, parse_block_sizes
+from dind.config import (
+    BlockSizeDistribution,
+    Dtype,
+    NucleusRule,
+    SamplerConfig,
+    parse_block_sizes,
+)
 from dind.errors import DindError
 from dind.frontier import STAGE1
 
@@ -57,6 +63,9 @@ class SweepOptions:
     """Redraw stage-1 drafts by BD3-LM's low-entropy rule (``dind.sampler``)."""
     judge_max_tokens: int | None = None
     """Cut the judge's input to this many ids, BOS included (BD3-LM: L; ``dind.judges``)."""
+    dtype: Dtype = "auto"
+    """Precision of the sampler's model passes, as ``dind sample --dtype`` (auto: bf16 on
+    CUDA, fp32 on the CPU); the JSON records any other."""
     samples_from: Path | None = None
     """Judge the samples an earlier sweep of the same grid saved in this output folder (under
     ``samples/``) instead of drawing them: a second judge scores the very same texts."""
@@ -70,6 +79,9 @@ class SweepOptions:
             raise DindError("num-samples and batch-size must be positive")
         if self.window_stride is not None and self.window_stride <= 0:
             raise DindError(f"window stride must be positive, got {self.window_stride}")
+        from dind.devices import default_device, resolve_dtype
+
+        resolve_dtype(self.dtype, default_device())
 
 
 # ----------------------------------------------------------------------------- grids
@@ -190,7 +202,7 @@ def parallel_settings(
     series per rule) or every position whose drawn token reaches tau; the draft is stage 1's,
     one per call. x is K or tau. Each of ``refreshes`` adds the uniform-K series again with
     Fast-dLLM's approximate cache, a full pass every R calls (``SamplerConfig.refresh``), once
-    per rule of what the calls between recompute (``recomputes``; "delayed" named so)."""
+    per rule of what the calls between recompute (``recomputes``; any but "masked" named)."""
     out = [stage1_setting(L, opts)]
     for g in gammas:
         two = dict(stages=(opts.stage1, block_size), remask=(g,), length=L)

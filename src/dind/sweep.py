@@ -73,7 +73,7 @@ def draw_and_judge(
     from dind.sampler import sample
     from dind.samples import to_record, write_samples
 
-    device = next(model.parameters()).device  # "auto" precision there: bf16 on CUDA
+    device = next(model.parameters()).device
     rows, drafts_by_key, judged = [], {}, {}
     pairs = [(seed, s) for seed in opts.seeds for s in settings]
     bar = tqdm(pairs, disable=not opts.progress, desc=f"sweep {label}".strip(), unit="setting")
@@ -94,13 +94,13 @@ def draw_and_judge(
                     first = dataclasses.replace(
                         cfg, stages=cfg.stages[:1], remask=(), parallel=cfg.parallel[:1]
                     )
-                    with sampling_precision(device):
+                    with sampling_precision(device, opts.dtype):
                         drafts_by_key[key] = sample(
                             model, first, opts.num_samples, opts.batch_size, tokenizer.bos_id,
                             tokenizer.mask_id,
                         )  # fmt: skip
                 drafts = drafts_by_key[key]
-            with sampling_precision(device):
+            with sampling_precision(device, opts.dtype):
                 drawn = sample(model, cfg, opts.num_samples, opts.batch_size, tokenizer.bos_id,
                                tokenizer.mask_id, drafts=drafts)  # fmt: skip
             if len(cfg.stages) == 1:
@@ -191,6 +191,8 @@ def _protocol(opts: SweepOptions) -> dict[str, Any]:
            "judge_max_tokens": opts.judge_max_tokens}  # fmt: skip
     if opts.samples_from is not None:  # only then: the JSON of a drawing sweep is unchanged
         out["samples_from"] = str(opts.samples_from)
+    if opts.dtype != "auto":
+        out["dtype"] = opts.dtype
     return out
 
 
