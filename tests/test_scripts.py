@@ -170,3 +170,24 @@ def test_matmul_ceiling_sums_the_layers_it_timed(tmp_path):
     bad = subprocess.run([sys.executable, script, "--dtypes", "fp16"], capture_output=True,
                          text=True, cwd=REPO)  # fmt: skip
     assert bad.returncode != 0 and "--dtypes fp32 and/or bf16" in bad.stderr
+
+
+@pytest.mark.slow
+def test_time_refinement_times_the_stage_it_names(tmp_path):
+    """benchmarks/time_refinement.py: one refinement stage at the rule, cache and precision
+    asked, its figures per sample; a bad recompute rule fails before any timing."""
+    out = tmp_path / "ref.json"
+    script = str(REPO / "benchmarks" / "time_refinement.py")
+    res = subprocess.run([sys.executable, script, "--preset", "tiny", "--length", "64",
+                          "--batch", "2", "--parallel", "8", "--refresh", "4", "--recompute",
+                          "asked", "--out", str(out)],
+                         capture_output=True, text=True, cwd=REPO, timeout=300)  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    fig = json.loads(out.read_text())
+    assert (fig["recompute"], fig["refresh"], fig["parallel"]) == ("asked", 4, "8")
+    assert fig["seconds"] > 0 and fig["seconds_per_sample"] == pytest.approx(fig["seconds"] / 2)
+    assert "asked" in res.stdout and "per sample" in res.stdout
+    bad = subprocess.run([sys.executable, script, "--preset", "tiny", "--length", "64",
+                          "--refresh", "4", "--recompute", "late"],
+                         capture_output=True, text=True, cwd=REPO, timeout=300)  # fmt: skip
+    assert bad.returncode != 0 and "error: recompute must be one of" in bad.stderr
