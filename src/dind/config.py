@@ -40,7 +40,6 @@ NUCLEUS_RULES: tuple[str, ...] = get_args(NucleusRule)
 """The nucleus rules (``dind.denoise.nucleus_keep``)."""
 DTYPES: tuple[str, ...] = get_args(Dtype)
 
-
 SAMPLE_SETTINGS = ("ar_cache", "stage1_cache", "stage1_no_cache", "two_stages",
                    "two_stages_parallel")  # fmt: skip
 """What ``dind bench sample`` times: AR decoding with a KV cache; stage 1 (block 4) with and
@@ -344,8 +343,8 @@ class SamplerConfig:
     every R calls; the calls between recompute only what it left masked (1: exact; None: off)."""
     recompute: Recompute = "masked"
     """With refresh, what a call between full passes recomputes: "masked" (what the full pass
-    left masked), "delayed" (what the last call left masked: dKV-Cache's delayed caching) or
-    "asked" (what the last call committed, and the positions whose logits this call asks)."""
+    left masked), "delayed" (what the last call left masked: dKV-Cache's) or "asked" (what
+    the last call committed and what this call asks logits for)."""
 
     def __post_init__(self) -> None:
         self.stages = tuple(int(b) for b in self.stages)

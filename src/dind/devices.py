@@ -44,7 +44,7 @@ def resolve_dtype(dtype: str, device: str | torch.device) -> str:
     if dtype == "auto":
         return "bf16" if cuda else "fp32"
     if dtype == "tf32" and not cuda:
-        raise DindError(f"--dtype {dtype} needs a CUDA device; the CPU samples in fp32")
+        raise DindError(f"--dtype {dtype} needs a CUDA device; the CPU takes fp32 or bf16")
     return dtype
 
 
