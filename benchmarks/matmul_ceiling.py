@@ -26,7 +26,7 @@ from dind.cli_options import parse_list
 from dind.config import SamplerConfig, preset
 from dind.utils import check_writable_file, write_json
 
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
 p.add_argument("--preset", default="small")
@@ -38,7 +38,7 @@ args = p.parse_args()
 
 batches = parse_list(args.batches, int, "--batches")
 dtypes = parse_list(args.dtypes, str, "--dtypes")
-if not batches or min(batches) <= 0 or any(d not in DTYPES for d in dtypes) or not dtypes:
+if not batches or min(batches) <= 0 or any(d not in PRECISIONS for d in dtypes) or not dtypes:
     raise SystemExit("error: --batches must be positive integers, --dtypes fp32 and/or bf16")
 if args.out:
     check_writable_file(args.out)
@@ -73,7 +73,8 @@ figures = {"preset": args.preset, "threads": torch.get_num_threads(), "repeats":
            "layer_s": {}, "call_s": {}, "gain": {}}  # fmt: skip
 with torch.no_grad():
     for name in dtypes:
-        each = {b: [seconds(i, o, r * b, DTYPES[name]) for i, o, r, _ in layers] for b in batches}
+        dtype = PRECISIONS[name]
+        each = {b: [seconds(i, o, r * b, dtype) for i, o, r, _ in layers] for b in batches}
         call = {b: sum(n * t for (*_, n), t in zip(layers, each[b], strict=True)) for b in batches}
         ref = batches[0]
         gain = {b: (b / ref) * call[ref] / call[b] for b in batches}

@@ -115,12 +115,12 @@ class BlockView:
             self.approx.rows = masked_rows(self.approx.before)  # what the next calls redo
             self.approx_state = ((lo, end), 1)
             return out
-        if self.recompute == "delayed":  # masked at the last call: masked now or just committed
-            masked = window == self.mask_id
-            self.approx.rows, self.approx.before = masked_rows(self.approx.before), masked
-        elif self.recompute == "asked":  # just committed, or asked for
-            masked = window == self.mask_id
-            redo = (self.approx.before & ~masked).scatter(1, index, True)
+        if self.recompute != "masked":
+            masked, before = window == self.mask_id, self.approx.before
+            if self.recompute == "delayed":  # masked at the last call: masked now or just committed
+                redo = before
+            else:  # asked: just committed, or asked for
+                redo = (before & ~masked).scatter(1, index, True)
             self.approx.rows, self.approx.before = masked_rows(redo), masked
         rows = self.approx.rows
         out = self.model(window.gather(1, rows), positions=rows, kv_cache=self.approx,
@@ -169,10 +169,11 @@ def masked_rows(masked: Tensor) -> Tensor:
 
 def token_probs(logits: Tensor, mask_id: int) -> Tensor:
     """Denoiser distribution over real tokens (SUBS: the mask is never predicted), float64."""
-    index = torch.tensor([mask_id], device=logits.device)
     # the mask at NEG_INF in the logits' dtype, then one float64 softmax (exp(NEG_INF) is 0
     # at any precision): no float64 copy of the logits beside the probabilities
-    return logits.index_fill(-1, index, NEG_INF).softmax(-1, dtype=torch.float64)
+    logits = logits.clone()
+    logits[..., mask_id] = NEG_INF
+    return logits.softmax(-1, dtype=torch.float64)
 
 
 def _rule_keeps(ahead: Tensor, through: Tensor, top_p: float, rule: str) -> Tensor:
@@ -387,9 +388,9 @@ def _parallel(view, x, conf, start, end, s, generators, nfe) -> None:
                 keep = valid & (top >= par.tau)
                 keep[active & ~keep.any(1), :] |= _first_max(top)[active & ~keep.any(1)]
         entries = keep[valid]  # which of the N entries are kept (row-major)
-        if not entries.all():  # uniform picks keep every entry: no copy of N x V then
-            probs = probs[entries]
         gens = [generators[r] for r in keep.nonzero()[:, 0].tolist()]
+        if len(gens) < len(probs):  # uniform picks keep every entry: no copy of N x V then
+            probs = probs[entries]
         tokens, p_nucleus = draw(probs, s.top_p, gens, s.nucleus, nucleus_p)
         p_model = probs.gather(-1, tokens[:, None])[:, 0]
         if par.pick == "tau":  # a drawn token below tau is not committed; at least one
