@@ -2,7 +2,7 @@
 
     OMP_NUM_THREADS=2 .venv/bin/python benchmarks/profile_sample.py --preset small \\
         --length 512 --batch 16 [--stages 4,L --remask 0.5 --parallel 1,64 --refresh 8 \\
-        --recompute delayed]
+        --recompute delayed] [--dtype bf16]
 
 A model of the preset's size with random weights, as ``dind bench sample`` times (the cost
 of a call does not depend on the weights; a threshold rule's call count does). The profiler
@@ -18,6 +18,7 @@ from torch.profiler import ProfilerActivity, profile
 from dind.bench import random_model
 from dind.cli_options import parse_list
 from dind.config import SamplerConfig, parse_block_sizes
+from dind.devices import sampling_precision
 from dind.sampler import sample
 
 p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -29,6 +30,7 @@ p.add_argument("--remask", default="", help="gamma of each later stage")
 p.add_argument("--parallel", default="", help="one rule per stage, as dind sample's")
 p.add_argument("--refresh", type=int, default=None)
 p.add_argument("--recompute", default="masked", help="with --refresh: masked or delayed")
+p.add_argument("--dtype", default="auto", help="auto, fp32 or bf16 (as dind sample's)")
 p.add_argument("--rows", type=int, default=25, help="ops to list")
 args = p.parse_args()
 
@@ -43,7 +45,7 @@ scfg = SamplerConfig(
     recompute=args.recompute,
     length=L,
 )
-with torch.no_grad():
+with torch.no_grad(), sampling_precision("cpu", args.dtype):
     sample(model, SamplerConfig(length=16), B, B, bos, mask)  # warm-up
     t0 = time.perf_counter()
     with profile(activities=[ProfilerActivity.CPU]) as prof:

@@ -29,6 +29,13 @@ def test_bench_sample_times_every_setting_at_every_batch_size():
     assert ratios["ar_cache:tokens_per_s_batch2_over_batch1"] == pytest.approx(
         b2["ar_cache"]["tokens_per_s"] / out["figures"]["batch1"]["ar_cache"]["tokens_per_s"]
     )
+    # the two-stage settings also time their stages within the one run
+    for name in ("two_stages", "two_stages_parallel"):
+        stages = b2[name]["stage_seconds_per_sample"]
+        assert len(stages) == 2 and all(t > 0 for t in stages)
+        assert sum(stages) <= b2[name]["seconds_per_sample"]  # the whole run holds both
+        assert ratios[f"batch2:{name}_over_its_stage1"] == pytest.approx(sum(stages) / stages[0])
+    assert "stage_seconds_per_sample" not in b2["stage1_cache"]  # one stage: nothing to pair
 
 
 def test_bench_sample_times_the_approximate_cache_when_asked(monkeypatch):
@@ -58,6 +65,8 @@ def test_bench_ratios_need_their_baseline():
     assert _sample_ratios(figures, (1,)) == {}  # no stage-1 timing, no batch-16 timing
     figures["batch1"]["stage1_cache"] = {"seconds_per_sample": 0.5, "tokens_per_s": 32.0}
     assert _sample_ratios(figures, (1,)) == {"batch1:two_stages_over_stage1_cache": 4.0}
+    figures["batch1"]["two_stages"]["stage_seconds_per_sample"] = [0.5, 0.25]
+    assert _sample_ratios(figures, (1,))["batch1:two_stages_over_its_stage1"] == 1.5
 
 
 @pytest.mark.parametrize(

@@ -173,6 +173,33 @@ def test_matmul_ceiling_sums_the_layers_it_timed(tmp_path):
 
 
 @pytest.mark.slow
+def test_call_ceiling_sums_every_block_of_the_stage(tmp_path):
+    """benchmarks/call_ceiling.py: stage 1 is the block times interpolated over every block's
+    start (L / 4 of them), and the gain of batch B is B times batch 1's stage over batch B's."""
+    out = tmp_path / "calls.json"
+    script = str(REPO / "benchmarks" / "call_ceiling.py")
+    res = subprocess.run([sys.executable, script, "--preset", "tiny", "--length", "32",
+                          "--batches", "1,2", "--dtypes", "fp32", "--points", "3",
+                          "--repeats", "1", "--out", str(out)],
+                         capture_output=True, text=True, cwd=REPO, timeout=300)  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    fig = json.loads(out.read_text())
+    assert fig["starts"] == [0, 12, 28] and fig["block"] == 4
+    for batch in ("1", "2"):
+        t = fig["block_s"]["fp32"][batch]
+        assert len(t) == 3 and min(t) > 0
+        # blocks at 0, 4, ..., 28: linear between the timed starts
+        by_hand = sum(t[0] + (t[1] - t[0]) * s / 12 if s <= 12 else t[1] + (t[2] - t[1])
+                      * (s - 12) / 16 for s in range(0, 32, 4))  # fmt: skip
+        assert fig["stage_s"]["fp32"][batch] == pytest.approx(by_hand)
+    stage = fig["stage_s"]["fp32"]
+    assert fig["gain"]["fp32"] == pytest.approx({"1": 1.0, "2": 2 * stage["1"] / stage["2"]})
+    bad = subprocess.run([sys.executable, script, "--length", "30"], capture_output=True,
+                         text=True, cwd=REPO)  # fmt: skip
+    assert bad.returncode != 0 and "--length a multiple of 4" in bad.stderr
+
+
+@pytest.mark.slow
 def test_time_refinement_times_the_stage_it_names(tmp_path):
     """benchmarks/time_refinement.py: one refinement stage at the rule, cache and precision
     asked, its figures per sample; a bad recompute rule fails before any timing."""

@@ -5,7 +5,9 @@ objective on the same model and the same tokens, interleaving the two so that bo
 same machine state, and reports the median seconds per step and their ratio.
 ``bench_sample`` times sampling (AR decoding, stage 1 with and without the KV cache, two
 stages one token per call and with a parallel rule) at several batch sizes, in seconds per
-sample and tokens per second, at ``dind sample``'s precisions (``--dtype``, default auto:
+sample and tokens per second (and, for the sampler's settings, the seconds of each stage as the
+samples record them, so a two-stage setting's ratio to its own stage 1 needs no second run),
+at ``dind sample``'s precisions (``--dtype``, default auto:
 bf16 autocast on CUDA, fp32 on the CPU), and records the one it ran as ``dtype``.
 """
 
@@ -163,23 +165,32 @@ def bench_sample(
         )
         return lambda: sample(model, scfg, batch, batch, bos, mask)  # fmt: skip
 
-    def timed(name: str, batch: int) -> float:
+    def timed(name: str, batch: int) -> tuple[float, list[float]]:
+        """Seconds per batch, and for the sampler's settings the batch's seconds in each
+        stage as the samples record them (averaged over the repeats)."""
         job(name, 16, batch)()  # warm-up: allocations, kernels
         _sync(device)
+        runs = []  # each run's seconds per stage: the sum of its samples' shares
         t0 = time.perf_counter()
         for _ in range(repeats):
-            job(name, length, batch)()
+            out = job(name, length, batch)()
+            if name != "ar_cache":
+                runs.append([sum(t) for t in zip(*(s.seconds for s in out), strict=True)])
         _sync(device)
-        return (time.perf_counter() - t0) / repeats
+        return (time.perf_counter() - t0) / repeats, [
+            sum(t) / repeats for t in zip(*runs, strict=True)
+        ]
 
-    figures: dict[str, dict[str, dict[str, float]]] = {}
+    figures: dict[str, dict[str, dict[str, Any]]] = {}
     with sampling_precision(device, dtype) as dtype:
         for batch in batch_sizes:
             per = figures[f"batch{batch}"] = {}
             for name in settings:
-                seconds = timed(name, batch)
+                seconds, stages = timed(name, batch)
                 per[name] = {"seconds_per_sample": seconds / batch,
                              "tokens_per_s": batch * length / seconds}  # fmt: skip
+                if len(stages) > 1:  # the stages' seconds per sample, one run: paired
+                    per[name]["stage_seconds_per_sample"] = [t / batch for t in stages]
     return {
         "bench": "sample",
         "preset": preset_name,
@@ -207,6 +218,9 @@ def _sample_ratios(figures: dict, batch_sizes: tuple[int, ...]) -> dict[str, flo
         for name in ("two_stages", "two_stages_parallel", "stage1_no_cache", "ar_cache"):
             if base and name in per:
                 out[f"{key}:{name}_over_stage1_cache"] = per[name]["seconds_per_sample"] / base
+            stages = per.get(name, {}).get("stage_seconds_per_sample")
+            if stages:  # within one run: no second run of stage 1 to subtract
+                out[f"{key}:{name}_over_its_stage1"] = sum(stages) / stages[0]
     big, one = f"batch{max(batch_sizes)}", "batch1"
     if big != one and one in figures:
         for name, fig in figures[big].items():

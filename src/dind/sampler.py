@@ -206,8 +206,8 @@ def sample_batch(
                                           window, stride)  # fmt: skip
             for s, n in zip(samples, redraws, strict=True):
                 s.redraws = n
+        tokens, confidences = x.tolist(), conf.tolist()  # waits for a GPU's queued work
         seconds = (time.perf_counter() - t0) / B  # the batch's time, shared equally
-        tokens, confidences = x.tolist(), conf.tolist()
         calls, filled = (nfe + extra).tolist(), passes.tolist()
         for r, s in enumerate(samples):
             s.remasked.append([int(p) for p in chosen[r]])
