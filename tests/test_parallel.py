@@ -197,3 +197,21 @@ def test_parallel_settings_are_checked_and_recorded():
 @pytest.mark.parametrize("spec", ["1", "16", "top:4", "tau:0.9", "tau:1"])
 def test_a_rule_reads_back_as_written(spec):
     assert str(Parallel.parse(spec)) == spec and Parallel.parse(str(Parallel.parse(spec)))
+
+
+@pytest.mark.parametrize("spec", ["3", "top:3", "tau:0.5", "100"])
+@pytest.mark.parametrize("confidence", ["model", "nucleus"])
+def test_draws_in_chunks_of_rows_are_the_draws_all_at_once(spec, confidence, monkeypatch):
+    """On the CPU a call draws its rows in chunks (``DRAW_CHUNK_BYTES``): chunks of one row
+    and of two give the tokens, confidences and calls of every row at once."""
+    import dind.denoise
+
+    par = Parallel.parse(spec)
+    runs = []
+    for rows in (10_000, 1, 2):  # rows per chunk
+        monkeypatch.setattr(dind.denoise, "DRAW_CHUNK_BYTES", rows * 8 * V)
+        _, x, conf, nfe = fill(par, B=4, top_p=0.8, confidence=confidence)
+        runs.append((x, conf, nfe))
+    for x, conf, nfe in runs[1:]:
+        assert torch.equal(x, runs[0][0]) and torch.equal(nfe, runs[0][2])
+        assert torch.equal(conf, runs[0][1])

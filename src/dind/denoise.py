@@ -248,6 +248,52 @@ def draw(
     return tokens, None
 
 
+# A CPU call draws from its rows in chunks of at most this many bytes of float64
+# probabilities (see ``draw_rows``); a GPU takes all rows at once.
+DRAW_CHUNK_BYTES = 16 << 20
+
+
+def _chunk_rows(logits: Tensor) -> int:
+    if logits.device.type != "cpu":
+        return max(1, logits.shape[0])
+    return max(1, DRAW_CHUNK_BYTES // (8 * logits.shape[-1]))
+
+
+def draw_rows(
+    logits: Tensor, rows: Tensor, s: DenoiseSettings, generators: list[torch.Generator]
+) -> tuple[Tensor, Tensor | None, Tensor]:
+    """``draw`` at rows ``rows`` (n,) of ``logits`` (N, V), row ``rows[i]``'s noise from
+    ``generators[i]``: the tokens (n,), their nucleus probabilities (None unless the snapshot
+    confidence is the nucleus one) and the model's probabilities of them (n,).
+
+    On the CPU the rows go through in chunks of ``DRAW_CHUNK_BYTES`` of float64: the same
+    tokens and probabilities (every step is per row, and each generator draws in the same
+    order), without a dozen N x V float64 temporaries. glibc maps every block over 32 MB
+    afresh and unmaps it on free, so at N = 1024 rows of GPT-2's vocabulary each call paid
+    for zeroing gigabytes of new pages (dev/LOG.md, session 13); chunks stay in the heap."""
+    n, nucleus_p = _chunk_rows(logits), s.confidence == "nucleus"
+    tokens, p_nucleus, p_model = [], [], []
+    for i in range(0, len(rows), n):
+        probs = token_probs(logits[rows[i : i + n]], s.mask_id)
+        t, p = draw(probs, s.top_p, generators[i : i + n], s.nucleus, nucleus_p)
+        tokens.append(t)
+        p_nucleus.append(p)
+        p_model.append(probs.gather(-1, t[:, None])[:, 0])
+    if not tokens:
+        empty = torch.empty(0, dtype=torch.float64, device=logits.device)
+        return rows.new_empty(0), empty if nucleus_p else None, empty
+    return (torch.cat(tokens), torch.cat(p_nucleus) if nucleus_p else None, torch.cat(p_model))
+
+
+def top_probs(logits: Tensor, rows: Tensor, mask_id: int) -> Tensor:
+    """(n,) the largest probability of each row ``rows`` of ``logits`` (N, V), float64, in
+    ``draw_rows``'s chunks (the same values as ``token_probs(logits[rows]).max(-1)``)."""
+    n = _chunk_rows(logits)
+    parts = [token_probs(logits[rows[i : i + n]], mask_id).max(-1).values
+             for i in range(0, len(rows), n)]  # fmt: skip
+    return torch.cat(parts) if parts else torch.empty(0, dtype=torch.float64, device=rows.device)
+
+
 def nucleus_sample(
     probs: Tensor, top_p: float, generator: torch.Generator, rule: str = "bd3lm"
 ) -> tuple[int, float]:
@@ -374,27 +420,24 @@ def _parallel(view, x, conf, start, end, s, generators, nfe) -> None:
             valid = torch.arange(index.shape[1], device=x.device)[None, :] < counts
         else:  # every masked position asks for its logits
             index, valid = masked_first(masked)
-        logits = view.logits(x, start, end, index=index)  # (B, w, V)
-        probs = token_probs(logits[valid], s.mask_id)  # (N, V): the entries asked, row-major
+        logits = view.logits(x, start, end, index=index).flatten(0, 1)  # (B * w, V)
         if par.pick == "uniform":
             keep = valid
         else:
-            top = torch.full(valid.shape, -1.0, dtype=probs.dtype, device=x.device)
-            top[valid] = probs.max(-1).values  # the top-token probability of each entry
+            top = torch.full(valid.shape, -1.0, dtype=torch.float64, device=x.device)
+            # the top-token probability of each entry asked
+            top[valid] = top_probs(logits, valid.flatten().nonzero()[:, 0], s.mask_id)
             if par.pick == "top":  # the k largest, earlier on ties
                 rank = torch.sort(top, dim=1, descending=True, stable=True).indices.argsort(1)
                 keep = valid & (rank < par.k)
             else:  # tau: only a position whose top token reaches tau can pass
                 keep = valid & (top >= par.tau)
                 keep[active & ~keep.any(1), :] |= _first_max(top)[active & ~keep.any(1)]
-        entries = keep[valid]  # which of the N entries are kept (row-major)
+        # the entries kept, row-major: each row's in column order from its own generator
         gens = [generators[r] for r in keep.nonzero()[:, 0].tolist()]
-        if len(gens) < len(probs):  # uniform picks keep every entry: no copy of N x V then
-            probs = probs[entries]
-        tokens, p_nucleus = draw(probs, s.top_p, gens, s.nucleus, nucleus_p)
-        p_model = probs.gather(-1, tokens[:, None])[:, 0]
+        tokens, p_nucleus, p_model = draw_rows(logits, keep.flatten().nonzero()[:, 0], s, gens)
         if par.pick == "tau":  # a drawn token below tau is not committed; at least one
-            drawn = torch.full(valid.shape, -1.0, dtype=probs.dtype, device=x.device)
+            drawn = torch.full(valid.shape, -1.0, dtype=torch.float64, device=x.device)
             drawn[keep] = p_model
             passed = keep & (drawn >= par.tau)
             none = active & ~passed.any(1)
