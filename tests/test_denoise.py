@@ -304,3 +304,21 @@ def test_draw_without_the_nucleus_probability_skips_the_sort_for_the_same_tokens
     noise = torch.stack([torch.empty_like(probs[0]).exponential_(generator=x) for x in g5])
     outside = ~in_nucleus(probs, (probs / noise).argmax(-1), top_p, rule)
     assert (0 < int(outside.sum()) < 400) if top_p < 1 else not outside.any()
+
+
+@pytest.mark.parametrize("rows", [1, 3, 10_000])
+def test_chunked_probabilities_are_the_whole_softmax(rows, monkeypatch):
+    """``probs_of`` and ``top_probs`` (chunks of ``rows`` rows) give exactly what the whole
+    float64 softmax gives: the probability of each row's token and each row's largest one."""
+    import dind.denoise
+
+    V, mask = 11, 10
+    monkeypatch.setattr(dind.denoise, "DRAW_CHUNK_BYTES", rows * 8 * V)
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(7, V, generator=g) * 3
+    tokens = torch.randint(0, mask, (7,), generator=g)
+    whole = dind.denoise.token_probs(logits, mask)
+    assert torch.equal(dind.denoise.probs_of(logits, tokens, mask),
+                       whole.gather(-1, tokens[:, None])[:, 0])  # fmt: skip
+    some = torch.tensor([0, 2, 3, 6])
+    assert torch.equal(dind.denoise.top_probs(logits, some, mask), whole[some].max(-1).values)

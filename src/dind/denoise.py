@@ -294,6 +294,15 @@ def top_probs(logits: Tensor, rows: Tensor, mask_id: int) -> Tensor:
     return torch.cat(parts) if parts else torch.empty(0, dtype=torch.float64, device=rows.device)
 
 
+def probs_of(logits: Tensor, tokens: Tensor, mask_id: int) -> Tensor:
+    """(N,) the probability of ``tokens[n]`` under row n of ``logits`` (N, V), float64, in
+    ``draw_rows``'s chunks (the same values as ``token_probs(logits).gather``)."""
+    n = _chunk_rows(logits)
+    parts = [token_probs(logits[i : i + n], mask_id).gather(-1, tokens[i : i + n, None])[:, 0]
+             for i in range(0, len(logits), n)]  # fmt: skip
+    return torch.cat(parts) if parts else torch.empty(0, dtype=torch.float64, device=tokens.device)
+
+
 def nucleus_sample(
     probs: Tensor, top_p: float, generator: torch.Generator, rule: str = "bd3lm"
 ) -> tuple[int, float]:

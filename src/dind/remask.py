@@ -21,7 +21,7 @@ import torch
 from torch import Tensor
 
 from dind.config import POLICIES
-from dind.denoise import token_probs
+from dind.denoise import probs_of
 
 __all__ = ["POLICIES", "posthoc_scores", "select", "select_batch"]
 
@@ -65,8 +65,8 @@ def posthoc_scores(
     scores = torch.empty(x.shape, dtype=torch.float64, device=x.device)
     done = 0
     for lo, hi in windows:
-        probs = token_probs(model(x[:, lo:hi]), mask_id)  # (B, hi - lo, V)
-        p = probs.gather(-1, x[:, lo:hi, None]).squeeze(-1)  # (B, hi - lo)
+        logits = model(x[:, lo:hi]).flatten(0, 1)  # (B * (hi - lo), V)
+        p = probs_of(logits, x[:, lo:hi].flatten(), mask_id).view(len(x), hi - lo)
         scores[:, done:hi] = p[:, done - lo :]  # a token already scored keeps its first score
         done = hi
     return scores
