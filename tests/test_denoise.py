@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from dind.denoise import nucleus_keep, nucleus_sample
+from dind.nucleus import nucleus_keep, nucleus_sample
 
 
 def _support(probs: list[float], top_p: float, rule: str, draws: int = 400) -> set[int]:
@@ -80,7 +80,7 @@ def _reference_sample(probs, top_p, generator, rule):
 def test_batched_draw_is_the_per_row_draw(rule, top_p):
     """Each row of ``draw`` is the row drawn alone with its own generator; a generator listed
     twice draws twice, in order; the batch does not change any row."""
-    from dind.denoise import draw
+    from dind.nucleus import draw
 
     torch.manual_seed(0)
     probs = torch.softmax(torch.randn(6, 50, dtype=torch.float64) * 3, -1)
@@ -266,7 +266,7 @@ def test_refresh_one_is_the_exact_sampler_and_refresh_applies_after_stage_one():
 def test_in_nucleus_is_membership_of_the_sorted_nucleus(rule):
     """``in_nucleus`` (no sort) against ``nucleus_keep`` on the sorted row, for every token of
     distributions with ties (probabilities on a coarse grid) and without."""
-    from dind.denoise import in_nucleus
+    from dind.nucleus import in_nucleus
 
     g = torch.Generator().manual_seed(0)
     smooth = torch.softmax(torch.randn(4, 40, generator=g, dtype=torch.float64) * 2, -1)
@@ -287,7 +287,7 @@ def test_in_nucleus_is_membership_of_the_sorted_nucleus(rule):
 def test_draw_without_the_nucleus_probability_skips_the_sort_for_the_same_tokens(rule, top_p):
     """``nucleus_p=False`` sorts only the rows whose whole-vocabulary winner falls outside
     the nucleus; the tokens are those of the sorted draw, on flat and on peaked rows."""
-    from dind.denoise import draw, in_nucleus
+    from dind.nucleus import draw, in_nucleus
 
     g = torch.Generator().manual_seed(1)
     logits = torch.randn(400, 64, generator=g, dtype=torch.float64)
@@ -311,13 +311,14 @@ def test_chunked_probabilities_are_the_whole_softmax(rows, monkeypatch):
     """``probs_of`` and ``top_probs`` (chunks of ``rows`` rows) give exactly what the whole
     float64 softmax gives: the probability of each row's token and each row's largest one."""
     import dind.denoise
+    import dind.nucleus
 
     V, mask = 11, 10
     monkeypatch.setattr(dind.denoise, "DRAW_CHUNK_BYTES", rows * 8 * V)
     g = torch.Generator().manual_seed(0)
     logits = torch.randn(7, V, generator=g) * 3
     tokens = torch.randint(0, mask, (7,), generator=g)
-    whole = dind.denoise.token_probs(logits, mask)
+    whole = dind.nucleus.token_probs(logits, mask)
     assert torch.equal(dind.denoise.probs_of(logits, tokens, mask),
                        whole.gather(-1, tokens[:, None])[:, 0])  # fmt: skip
     some = torch.tensor([0, 2, 3, 6])

@@ -3,8 +3,9 @@
 import pytest
 import torch
 
-from dind.denoise import BlockView, DenoiseSettings, denoise_block, token_probs
+from dind.denoise import BlockView, DenoiseSettings, denoise_block
 from dind.errors import DindError
+from dind.nucleus import token_probs
 from dind.parallel import Parallel
 
 MASK, V, L = 12, 13, 24

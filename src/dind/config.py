@@ -37,7 +37,7 @@ Dtype = Literal["auto", "bf16", "tf32", "fp32"]
 POLICIES: tuple[str, ...] = get_args(RemaskPolicy)
 """The remasking policies (``dind.remask``)."""
 NUCLEUS_RULES: tuple[str, ...] = get_args(NucleusRule)
-"""The nucleus rules (``dind.denoise.nucleus_keep``)."""
+"""The nucleus rules (``dind.nucleus.nucleus_keep``)."""
 DTYPES: tuple[str, ...] = get_args(Dtype)
 
 SAMPLE_SETTINGS = ("ar_cache", "stage1_cache", "stage1_no_cache", "two_stages",

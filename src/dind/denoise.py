@@ -12,17 +12,8 @@ Design choices:
   (``seek``): recomputing that window without a cache gives the same tokens.
 - Randomness is per sample: row r draws its positions and its Gumbel noise from its own
   ``torch.Generator``, so sample i is the same whatever the batch it is drawn in.
-- Nucleus (top-p) sampling draws with the exponential/Gumbel trick in float64 (BD3-LM found
-  fp32 sampling shifts generative perplexity). Two rules for the nucleus
-  (``dind.config.NUCLEUS_RULES``):
-  ``bd3lm`` (the default, BD3-LM's ``_nucleus_sample``, which the paper's numbers come from)
-  keeps the tokens whose cumulative mass, their own included, is at most p, plus the top
-  token; ``hf`` (Hugging Face's) also keeps the token whose mass crosses p. For [0.85, 0.10,
-  ...] at p = 0.9, bd3lm is greedy and hf samples from two tokens. Ties in probability are
-  ordered by token id (a stable sort), so the nucleus is deterministic. The sort over the
-  vocabulary is only paid where it matters: a row whose winner over the whole vocabulary
-  lies in the nucleus has its answer already (``draw``, unless the nucleus probability is
-  wanted: ``confidence="nucleus"``).
+- Nucleus (top-p) draws, in float64, are ``dind.nucleus``'s; a call's many rows go through it
+  in chunks (``draw_rows``).
 - Snapshot confidence (eq. 5) is the probability the denoiser gave the committed token at the
   moment it was committed: by default the model's own (untruncated) probability; with
   ``confidence="nucleus"`` the top-p-renormalized one.
@@ -43,7 +34,7 @@ from torch import Tensor
 
 from dind.attention import block_causal_mask
 from dind.kv_cache import KVCache, RefreshCache
-from dind.model import NEG_INF
+from dind.nucleus import draw, token_probs
 from dind.parallel import Parallel
 
 
@@ -167,96 +158,22 @@ def masked_rows(masked: Tensor) -> Tensor:
     return torch.where(valid, order, last)
 
 
-def token_probs(logits: Tensor, mask_id: int) -> Tensor:
-    """Denoiser distribution over real tokens (SUBS: the mask is never predicted), float64."""
-    # the mask at NEG_INF in the logits' dtype, then one float64 softmax (exp(NEG_INF) is 0
-    # at any precision): no float64 copy of the logits beside the probabilities
-    logits = logits.clone()
-    logits[..., mask_id] = NEG_INF
-    return logits.softmax(-1, dtype=torch.float64)
-
-
-def _rule_keeps(ahead: Tensor, through: Tensor, top_p: float, rule: str) -> Tensor:
-    """The nucleus rule on a token's mass ahead of it and through it (its own included); the
-    top token (nothing ahead) is kept besides, by both callers."""
-    if rule == "bd3lm":  # mass up to and including the token within p
-        return through <= top_p
-    if rule == "hf":  # the smallest prefix whose mass reaches p
-        return ahead < top_p
-    raise ValueError(f"unknown nucleus rule {rule!r}")
-
-
-def nucleus_keep(sorted_p: Tensor, top_p: float, rule: str = "bd3lm") -> Tensor:
-    """Which of the descending-sorted probabilities ``sorted_p`` (..., V) the nucleus keeps."""
-    cum = sorted_p.cumsum(-1)
-    keep = _rule_keeps(cum - sorted_p, cum, top_p, rule)
-    keep[..., 0] = True
-    return keep
-
-
-def nucleus_probs(probs: Tensor, top_p: float, rule: str = "bd3lm") -> Tensor:
-    """The top-p nucleus of each row of ``probs`` (N, V) float64, renormalized."""
-    if top_p >= 1.0:
-        return probs
-    sorted_p, order = probs.sort(dim=-1, descending=True, stable=True)
-    kept = sorted_p * nucleus_keep(sorted_p, top_p, rule)
-    p = torch.zeros_like(probs).scatter_(-1, order, kept)
-    return p / p.sum(-1, keepdim=True)
-
-
-def in_nucleus(probs: Tensor, tokens: Tensor, top_p: float, rule: str = "bd3lm") -> Tensor:
-    """(N,) bool: whether ``tokens[n]`` is in the top-p nucleus of ``probs[n]`` (N, V), without
-    a sort: the mass ahead of it in the nucleus's order (a larger probability, or an equal one
-    at a smaller id) decides, as ``nucleus_keep`` decides on the sorted row."""
-    p = probs.gather(-1, tokens[:, None])
-    ids = torch.arange(probs.shape[-1], device=probs.device)
-    ahead = (probs > p) | ((probs == p) & (ids < tokens[:, None]))
-    mass = torch.where(ahead, probs, 0.0).sum(-1)
-    return ~ahead.any(-1) | _rule_keeps(mass, mass + p[:, 0], top_p, rule)
-
-
-def draw(
-    probs: Tensor,
-    top_p: float,
-    generators: list[torch.Generator],
-    rule: str = "bd3lm",
-    nucleus_p: bool = True,
-) -> tuple[Tensor, Tensor | None]:
-    """One token from the top-p nucleus of each row of ``probs`` (N, V) float64, with the
-    exponential trick; row n's noise comes from ``generators[n]`` (drawn in list order, so a
-    generator listed twice draws twice, in order). Returns the tokens (N,) and their
-    nucleus-renormalized probabilities (N,), or None for those with ``nucleus_p=False``.
-    The nucleus and the choice are one batched computation; only the noise is drawn per row,
-    from that row's own generator.
-
-    Without ``nucleus_p`` the rows are not sorted: the winner of ``probs / noise`` over the
-    whole vocabulary is the nucleus's winner whenever it lies in the nucleus (renormalizing
-    scales every ratio alike), which ``in_nucleus`` checks; only the other rows (about 1 -
-    top_p of them) are sorted. The same tokens, up to a rounding tie between two ratios."""
-    noise = torch.empty_like(probs)  # each row filled in place: no stacked copy of N x V
-    for row, g in zip(noise, generators, strict=True):
-        row.exponential_(generator=g)
-    if nucleus_p:
-        p = nucleus_probs(probs, top_p, rule)
-        tokens = (p / noise).argmax(-1)
-        return tokens, p.gather(-1, tokens[:, None])[:, 0]
-    tokens = (probs / noise).argmax(-1)
-    if top_p < 1.0:
-        out = ~in_nucleus(probs, tokens, top_p, rule)
-        if out.any():
-            tokens[out] = (nucleus_probs(probs[out], top_p, rule) / noise[out]).argmax(-1)
-    return tokens, None
-
-
 # A CPU call draws from its rows in chunks of at most this many bytes of float64
 # probabilities (see ``draw_rows``); a GPU takes all rows at once.
 DRAW_CHUNK_BYTES = 16 << 20
 
 
-def _chunk_rows(logits: Tensor) -> int:
-    if logits.device.type != "cpu":
-        return max(1, logits.shape[0])
-    return max(1, DRAW_CHUNK_BYTES // (8 * logits.shape[-1]))
+def _chunks(logits: Tensor, rows: Tensor, mask_id: int):
+    """Yields (i, ``token_probs`` of rows ``rows[i : i + n]`` of ``logits``): n rows of at
+    most ``DRAW_CHUNK_BYTES`` of float64 on the CPU, every row at once elsewhere."""
+    n = max(1, len(rows) if logits.device.type != "cpu" else
+            DRAW_CHUNK_BYTES // (8 * logits.shape[-1]))  # fmt: skip
+    for i in range(0, len(rows), n):
+        yield i, token_probs(logits[rows[i : i + n]], mask_id)
+
+
+def _cat(parts: list[Tensor], like: Tensor) -> Tensor:
+    return torch.cat(parts) if parts else like.new_empty(0)
 
 
 def draw_rows(
@@ -266,49 +183,35 @@ def draw_rows(
     ``generators[i]``: the tokens (n,), their nucleus probabilities (None unless the snapshot
     confidence is the nucleus one) and the model's probabilities of them (n,).
 
-    On the CPU the rows go through in chunks of ``DRAW_CHUNK_BYTES`` of float64: the same
-    tokens and probabilities (every step is per row, and each generator draws in the same
-    order), without a dozen N x V float64 temporaries. glibc maps every block over 32 MB
-    afresh and unmaps it on free, so at N = 1024 rows of GPT-2's vocabulary each call paid
-    for zeroing gigabytes of new pages (dev/LOG.md, session 13); chunks stay in the heap."""
-    n, nucleus_p = _chunk_rows(logits), s.confidence == "nucleus"
+    On the CPU the rows go through in chunks (``_chunks``): the same tokens and probabilities
+    (every step is per row, each generator draws in the same order), without a dozen N x V
+    float64 temporaries. glibc maps every block over 32 MB afresh and unmaps it on free, so
+    at N = 1024 rows of GPT-2's vocabulary a call paid for zeroing gigabytes of new pages
+    (dev/LOG.md, session 13); chunks stay in the heap."""
+    nucleus_p, f64 = s.confidence == "nucleus", logits.new_empty(0, dtype=torch.float64)
     tokens, p_nucleus, p_model = [], [], []
-    for i in range(0, len(rows), n):
-        probs = token_probs(logits[rows[i : i + n]], s.mask_id)
-        t, p = draw(probs, s.top_p, generators[i : i + n], s.nucleus, nucleus_p)
+    for i, probs in _chunks(logits, rows, s.mask_id):
+        t, p = draw(probs, s.top_p, generators[i : i + len(probs)], s.nucleus, nucleus_p)
         tokens.append(t)
-        p_nucleus.append(p)
+        p_nucleus += [p] if nucleus_p else []
         p_model.append(probs.gather(-1, t[:, None])[:, 0])
-    if not tokens:
-        empty = torch.empty(0, dtype=torch.float64, device=logits.device)
-        return rows.new_empty(0), empty if nucleus_p else None, empty
-    return (torch.cat(tokens), torch.cat(p_nucleus) if nucleus_p else None, torch.cat(p_model))
+    return _cat(tokens, rows), _cat(p_nucleus, f64) if nucleus_p else None, _cat(p_model, f64)
 
 
 def top_probs(logits: Tensor, rows: Tensor, mask_id: int) -> Tensor:
     """(n,) the largest probability of each row ``rows`` of ``logits`` (N, V), float64, in
-    ``draw_rows``'s chunks (the same values as ``token_probs(logits[rows]).max(-1)``)."""
-    n = _chunk_rows(logits)
-    parts = [token_probs(logits[rows[i : i + n]], mask_id).max(-1).values
-             for i in range(0, len(rows), n)]  # fmt: skip
-    return torch.cat(parts) if parts else torch.empty(0, dtype=torch.float64, device=rows.device)
+    ``_chunks`` (the same values as ``token_probs(logits[rows]).max(-1)``)."""
+    parts = [probs.max(-1).values for _, probs in _chunks(logits, rows, mask_id)]
+    return _cat(parts, logits.new_empty(0, dtype=torch.float64))
 
 
 def probs_of(logits: Tensor, tokens: Tensor, mask_id: int) -> Tensor:
     """(N,) the probability of ``tokens[n]`` under row n of ``logits`` (N, V), float64, in
-    ``draw_rows``'s chunks (the same values as ``token_probs(logits).gather``)."""
-    n = _chunk_rows(logits)
-    parts = [token_probs(logits[i : i + n], mask_id).gather(-1, tokens[i : i + n, None])[:, 0]
-             for i in range(0, len(logits), n)]  # fmt: skip
-    return torch.cat(parts) if parts else torch.empty(0, dtype=torch.float64, device=tokens.device)
-
-
-def nucleus_sample(
-    probs: Tensor, top_p: float, generator: torch.Generator, rule: str = "bd3lm"
-) -> tuple[int, float]:
-    """``draw`` for one distribution ``probs`` (V,): the token and its nucleus probability."""
-    tokens, p = draw(probs[None], top_p, [generator], rule)
-    return int(tokens[0]), float(p[0])
+    ``_chunks`` (the same values as ``token_probs(logits).gather``)."""
+    rows = torch.arange(len(logits), device=logits.device)
+    parts = [probs.gather(-1, tokens[i : i + len(probs), None])[:, 0]
+             for i, probs in _chunks(logits, rows, mask_id)]  # fmt: skip
+    return _cat(parts, logits.new_empty(0, dtype=torch.float64))
 
 
 @dataclass

@@ -49,7 +49,7 @@ class SweepOptions:
     top_p: float = 0.9
     """Nucleus mass of every setting that does not set its own."""
     nucleus: NucleusRule = "bd3lm"
-    """Nucleus rule of every setting: bd3lm (BD3-LM's) or hf (``dind.denoise.nucleus_keep``)."""
+    """Nucleus rule of every setting: bd3lm (BD3-LM's) or hf (``dind.nucleus.nucleus_keep``)."""
     stage1: int = 4
     """Stage-1 block size (the draft)."""
     window_stride: int | None = None

@@ -47,10 +47,11 @@ from tqdm import tqdm
 
 from dind import remask
 from dind.config import SamplerConfig
-from dind.denoise import BlockView, DenoiseSettings, denoise_block, draw, token_probs
+from dind.denoise import BlockView, DenoiseSettings, denoise_block
 from dind.devices import autocast_dtype
 from dind.diversity import BD3LM_ENTROPY_WINDOW, DEFAULT_ENTROPY_THRESHOLD, bd3lm_rejects
 from dind.errors import DindError
+from dind.nucleus import draw, token_probs
 from dind.samples import Sample
 
 MAX_DRAWS = 10
