@@ -216,3 +216,18 @@ def test_draws_in_chunks_of_rows_are_the_draws_all_at_once(spec, confidence, mon
     for x, conf, nfe in runs[1:]:
         assert torch.equal(x, runs[0][0]) and torch.equal(nfe, runs[0][2])
         assert torch.equal(conf, runs[0][1])
+
+
+@pytest.mark.parametrize("sampler", ["first_hitting", "ancestral"])
+def test_one_per_call_and_ancestral_draws_do_not_depend_on_the_chunks(sampler, monkeypatch):
+    """The first-hitting and the ancestral samplers draw through the same chunks: chunks of
+    one row give what every row at once gives."""
+    import dind.denoise
+
+    runs = []
+    for rows in (10_000, 1):
+        monkeypatch.setattr(dind.denoise, "DRAW_CHUNK_BYTES", rows * 8 * V)
+        _, x, conf, nfe = fill(Parallel(), B=4, top_p=0.8, sampler=sampler, steps=3)
+        runs.append((x, conf, nfe))
+    assert (runs[0][0] != MASK).all()
+    assert all(torch.equal(a, b) for a, b in zip(runs[0], runs[1], strict=True))

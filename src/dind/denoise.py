@@ -225,13 +225,6 @@ class DenoiseSettings:
     parallel: Parallel = field(default_factory=Parallel)  # positions per first-hitting call
 
 
-def _commit(x, conf, rows, cols, probs, s: DenoiseSettings, generators) -> None:
-    """Draw and commit a token at (rows[n], cols[n]) from ``probs[n]`` for every n (noise
-    from ``generators[n]``), with its snapshot confidence."""
-    tokens, p_nucleus = draw(probs, s.top_p, generators, s.nucleus, s.confidence == "nucleus")
-    _store(x, conf, rows, cols, tokens, p_nucleus, probs.gather(-1, tokens[:, None])[:, 0], s)
-
-
 def _store(x, conf, rows, cols, tokens, p_nucleus, p_model, s: DenoiseSettings) -> None:
     """Write drawn tokens and their snapshot confidence: the probability the denoiser gave
     each (``p_model``) or, with ``confidence="nucleus"``, the renormalized nucleus one."""
@@ -310,8 +303,8 @@ def _first_hitting(view, x, conf, start, end, s, generators, nfe) -> None:
         logits = view.logits(x, start, end, index=picks)  # (B, 1, V): only where committed
         idx = torch.tensor(rows, device=x.device)
         j = picks[idx, 0]
-        probs = token_probs(logits[idx, 0], s.mask_id)
-        _commit(x, conf, idx, start + j, probs, s, [generators[r] for r in rows])
+        drawn = draw_rows(logits[:, 0], idx, s, [generators[r] for r in rows])
+        _store(x, conf, idx, start + j, *drawn, s)
         masked[idx, j] = False
         nfe[idx] += 1
 
@@ -377,14 +370,14 @@ def _ancestral(view, x, conf, start, end, s, generators, nfe) -> None:
     T = s.steps or (end - start)
     masked = x[:, start:end] == s.mask_id
     stale = masked.any(1)  # rows whose prediction must be recomputed
-    probs = None
+    logits = None  # the last prediction (probabilities only for the rows drawn from)
     for k in range(T):
         if not masked.any():
             break
         t, t_next = 1 - k / T, 1 - (k + 1) / T
         if stale.any():
-            fresh = token_probs(view.logits(x, start, end), s.mask_id)
-            probs = fresh if probs is None else torch.where(stale[:, None, None], fresh, probs)
+            fresh = view.logits(x, start, end)  # (B, bs, V)
+            logits = fresh if logits is None else torch.where(stale[:, None, None], fresh, logits)
             nfe += stale.long()
         stale = torch.zeros_like(stale)
         rows, cols = [], []
@@ -403,5 +396,7 @@ def _ancestral(view, x, conf, start, end, s, generators, nfe) -> None:
         if rows:  # every reveal of the step at once; each row's noise in column order
             r_idx = torch.tensor(rows, device=x.device)
             c_idx = torch.tensor(cols, device=x.device)
-            _commit(x, conf, r_idx, start + c_idx, probs[r_idx, c_idx], s,
-                    [generators[r] for r in rows])  # fmt: skip
+            gens = [generators[r] for r in rows]
+            drawn = draw_rows(logits[r_idx, c_idx], torch.arange(len(rows), device=x.device), s,
+                              gens)  # fmt: skip
+            _store(x, conf, r_idx, start + c_idx, *drawn, s)
