@@ -12,10 +12,10 @@ over the L / b blocks. Batch B then gives
 
     gain(B) = B * stage(batch 1) / stage(batch B)
 
-times batch 1's tokens per second (on a GPU, if there is one): the ceiling of `dind bench sample`'s stage-1 batching
-before the sampler's own work. Unlike benchmarks/matmul_ceiling.py it includes attention over
-the cache, whose reads grow with the batch (each sample has its own keys and values) while
-the weights' do not.
+times batch 1's tokens per second (on a GPU, if there is one): the ceiling of `dind bench
+sample`'s stage-1 batching before the sampler's own work. Unlike benchmarks/matmul_ceiling.py
+it includes attention over the cache, whose reads grow with the batch (each sample has its own
+keys and values) while the weights' do not.
 
     OMP_NUM_THREADS=2 .venv/bin/python benchmarks/call_ceiling.py --preset small \\
         --batches 1,16 --dtypes fp32,bf16
@@ -31,7 +31,7 @@ import torch
 from dind.bench import random_model
 from dind.cli_options import parse_list
 from dind.config import SamplerConfig
-from dind.devices import default_device, sampling_precision
+from dind.devices import default_device, sampling_precision, synchronize
 from dind.utils import check_writable_file, write_json
 
 p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -47,8 +47,8 @@ args = p.parse_args()
 batches = parse_list(args.batches, int, "--batches")
 dtypes = parse_list(args.dtypes, str, "--dtypes")
 b, L = SamplerConfig().stages[0], args.length
-if (not batches or min(batches) <= 0 or not dtypes or any(d not in ("fp32", "bf16") for d in dtypes)
-        or args.points < 2 or L % b or L < 2 * b):  # fmt: skip
+bad_dtypes = not dtypes or any(d not in ("fp32", "bf16") for d in dtypes)
+if not batches or min(batches) <= 0 or bad_dtypes or args.points < 2 or L % b or L < 2 * b:
     raise SystemExit(f"error: --batches positive, --dtypes fp32 and/or bf16, --points at least "
                      f"2, --length a multiple of {b} (at least {2 * b})")  # fmt: skip
 if args.out:
@@ -59,19 +59,14 @@ starts = np.linspace(0, L - b, args.points).round().astype(int) // b * b  # bloc
 blocks = np.arange(0, L, b)  # every block's start
 
 
-def sync() -> None:
-    if device == "cuda":
-        torch.cuda.synchronize()
-
-
 def median_seconds(fn) -> float:
     fn()  # warm-up
     times = []
     for _ in range(args.repeats):
-        sync()
+        synchronize(device)
         t0 = time.perf_counter()
         fn()
-        sync()
+        synchronize(device)
         times.append(time.perf_counter() - t0)
     return statistics.median(times)
 
@@ -88,9 +83,9 @@ def block_seconds(batch: int, start: int, dtype: torch.dtype) -> float:
     return b * call + fill
 
 
-figures = {"preset": args.preset, "device": device, "length": L, "block": b, "threads": torch.get_num_threads(),
-           "repeats": args.repeats, "starts": starts.tolist(), "block_s": {}, "stage_s": {},
-           "gain": {}}  # fmt: skip
+figures = {"preset": args.preset, "device": device, "length": L, "block": b,
+           "threads": torch.get_num_threads(), "repeats": args.repeats,
+           "starts": starts.tolist(), "block_s": {}, "stage_s": {}, "gain": {}}  # fmt: skip
 with torch.no_grad():
     for name in dtypes:
         dtype = torch.bfloat16 if name == "bf16" else torch.float32

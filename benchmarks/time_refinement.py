@@ -17,7 +17,7 @@ import torch
 from dind.bench import random_model
 from dind.config import SamplerConfig
 from dind.denoise import DenoiseSettings
-from dind.devices import default_device, resolve_dtype, sampling_precision
+from dind.devices import default_device, resolve_dtype, sampling_precision, synchronize
 from dind.errors import DindError
 from dind.parallel import Parallel
 from dind.sampler import run_stage
@@ -62,18 +62,13 @@ def refine(x: torch.Tensor) -> None:
               recompute=args.recompute)  # fmt: skip
 
 
-def sync() -> None:
-    if device == "cuda":
-        torch.cuda.synchronize()
-
-
 with torch.no_grad(), sampling_precision(device, args.dtype):
     refine(draft[:1].clone())  # warm-up: one row
-    sync()
+    synchronize(device)
     t0 = time.perf_counter()
     for _ in range(args.repeats):
         refine(draft.clone())
-    sync()
+    synchronize(device)
     seconds = (time.perf_counter() - t0) / args.repeats
 rule = f"--parallel {args.parallel}, refresh {args.refresh} {args.recompute}, {args.dtype}"
 print(f"{args.preset}, L = {L}, batch {B}, {rule}: {seconds:.2f} s, "

@@ -27,16 +27,11 @@ from dind.config import (
     SamplerConfig,
     preset,
 )
-from dind.devices import default_device, sampling_precision
+from dind.devices import default_device, sampling_precision, synchronize
 from dind.errors import DindError
 from dind.loss import ar_loss, bd3_loss
 from dind.mixed_scale import sample_block_sizes
 from dind.model import DiT
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
 
 
 def bench_train(
@@ -65,7 +60,7 @@ def bench_train(
     )
 
     def step(objective: str) -> float:
-        _sync(device)
+        synchronize(device)
         t0 = time.perf_counter()
         with autocast:
             if objective == "bd3":
@@ -75,7 +70,7 @@ def bench_train(
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
-        _sync(device)
+        synchronize(device)
         return time.perf_counter() - t0
 
     for _ in range(2):  # warm-up (allocator, kernels, flex compilation)
@@ -169,14 +164,14 @@ def bench_sample(
         """Seconds per batch, and for the sampler's settings the batch's seconds in each
         stage as the samples record them (averaged over the repeats)."""
         job(name, 16, batch)()  # warm-up: allocations, kernels
-        _sync(device)
+        synchronize(device)
         runs = []  # each run's seconds per stage: the sum of its samples' shares
         t0 = time.perf_counter()
         for _ in range(repeats):
             out = job(name, length, batch)()
             if name != "ar_cache":
                 runs.append([sum(t) for t in zip(*(s.seconds for s in out), strict=True)])
-        _sync(device)
+        synchronize(device)
         return (time.perf_counter() - t0) / repeats, [
             sum(t) / repeats for t in zip(*runs, strict=True)
         ]

@@ -36,6 +36,12 @@ def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+def synchronize(device: str | torch.device) -> None:
+    """Wait for ``device``'s queued work (a no-op off CUDA): before reading a clock."""
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize()
+
+
 def resolve_dtype(dtype: str, device: str | torch.device) -> str:
     """The precision ``dtype`` means on ``device``; a one-line error where it cannot run."""
     if dtype not in DTYPES:
