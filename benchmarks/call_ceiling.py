@@ -1,13 +1,14 @@
 """The most that batching can gain stage 1 through the model's calls alone, on this machine:
-the forward passes a stage-1 block costs (its denoiser calls and its cache-filling pass),
-timed at batch 1 and at larger batches against a KV cache filled to several lengths, and
-summed over the stage. Nothing of the sampler runs: no draws, no position picks, no Python
-bookkeeping.
+the forward passes a stage-1 block costs (its denoiser calls, the first of which also writes
+the block before to the cache), timed at batch 1 and at larger batches against a KV cache
+filled to several lengths, and summed over the stage. Nothing of the sampler runs: no draws,
+no position picks, no Python bookkeeping.
 
 With block b and one commit per call, a block starting at position S costs b denoiser calls
-(b rows each, one logit row: the first-hitting sampler's call) and one cache-filling pass (b
-rows, no logits), each attending to the S cached positions. The script times both at the
-cache lengths ``--points`` spread over [0, L - b], interpolates linearly between them and sums
+of one logit row each (the first-hitting sampler's call): the first of 2b rows (the block
+before, written to the cache, and the block) against the S - b cached positions, the others
+of b rows against the S cached ones. The script times both at the cache lengths
+``--points`` spread over [0, L - b], interpolates linearly between them and sums
 over the L / b blocks. Batch B then gives
 
     gain(B) = B * stage(batch 1) / stage(batch B)
@@ -28,6 +29,7 @@ import time
 import numpy as np
 import torch
 
+from dind.attention import block_causal_mask
 from dind.bench import random_model
 from dind.cli_options import parse_list
 from dind.config import SamplerConfig
@@ -72,15 +74,21 @@ def median_seconds(fn) -> float:
 
 
 def block_seconds(batch: int, start: int, dtype: torch.dtype) -> float:
-    """One block at ``start``: b denoiser calls and the cache-filling pass."""
+    """One block at ``start``: b denoiser calls, the first carrying the block before."""
     cache = model.new_kv_cache(batch, L, dtype=dtype)
     cache.length = start  # the cached keys' values do not change the time
     x = torch.randint(0, model.config.mask_id, (batch, b), device=device)
     pos = torch.arange(start, start + b, device=device)
     index = torch.zeros(batch, 1, dtype=torch.long, device=device)
     call = median_seconds(lambda: model(x, positions=pos, kv_cache=cache, logit_index=index))
-    fill = median_seconds(lambda: model(x, positions=pos, kv_cache=cache, n_logits=0))
-    return b * call + fill
+    if start == 0:
+        return b * call
+    cache.length = start - b
+    x2, pos2 = torch.cat([x, x], 1), torch.arange(start - b, start + b, device=device)
+    mask = block_causal_mask(start + b, b, device, first_row=start - b)  # (2b, start + b)
+    first = median_seconds(lambda: model(x2, positions=pos2, kv_cache=cache, mask=mask,
+                                         logit_index=index + b))  # fmt: skip
+    return first + (b - 1) * call
 
 
 figures = {"preset": args.preset, "device": device, "length": L, "block": b,

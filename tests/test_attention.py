@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from dind.attention import block_diff_mask, causal_mask
+from dind.attention import block_causal_mask, block_diff_mask, causal_mask
 
 
 def brute_force_mask(L: int, B: int) -> torch.Tensor:
@@ -21,6 +21,18 @@ def brute_force_mask(L: int, B: int) -> torch.Tensor:
 @pytest.mark.parametrize("L,B", [(8, 1), (8, 2), (8, 4), (8, 8), (12, 3), (16, 4), (16, 16)])
 def test_mask_matches_brute_force(L, B):
     assert torch.equal(block_diff_mask(L, B), brute_force_mask(L, B))
+
+
+@pytest.mark.parametrize(
+    "end,B,start,first_row",
+    [(16, 4, 0, None), (16, 4, 6, None), (16, 4, 0, 8), (17, 4, 3, 9), (12, 3, 5, 5)],
+)
+def test_block_causal_rows_are_the_clean_corner_of_the_brute_force_mask(end, B, start, first_row):
+    """Positions [start, end) of a sequence of length ``end``; rows from ``first_row``."""
+    corner = brute_force_mask(end, B)[end:, end:]  # clean queries, clean keys
+    rows = start if first_row is None else first_row
+    expected = corner[rows:, start:]
+    assert torch.equal(block_causal_mask(end, B, "cpu", start, first_row=first_row), expected)
 
 
 def test_mixed_batch_mask():

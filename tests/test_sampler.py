@@ -33,7 +33,9 @@ class MockDenoiser(torch.nn.Module):
         self.context_free = context_free
         self.calls: list | None = [] if record else None
         """With ``record``: per logit query of row 0, its position and the (token, position)
-        pairs it sees, in order (cache-filling passes, which want no logits, are left out)."""
+        pairs it sees, in order (only the rows that ask for logits)."""
+        self.widths: list[int] = []
+        """The rows of every call: the block's, and any clean ones it writes to the cache."""
 
     def new_kv_cache(self, batch_size, max_len=None, dtype=None):
         return KVCache(1, batch_size, 1, max_len or self.config.seq_len, 1, dtype=torch.float64)
@@ -41,6 +43,7 @@ class MockDenoiser(torch.nn.Module):
     def forward(self, x, sigma=None, mask=None, positions=None, kv_cache=None, n_logits=None,
                 logit_index=None):  # fmt: skip
         B, T = x.shape
+        self.widths.append(T)
         pos = torch.arange(T) if positions is None else positions
         k = x.double()[:, None, :, None]  # (B, 1, T, 1): the token
         v = pos.double().expand(B, T)[:, None, :, None]  # its position
@@ -79,7 +82,25 @@ def test_kv_cache_gives_the_tokens_of_recompute(stages, remask_ratios):
     b = run(SamplerConfig(**base, kv_cache=False))
     assert [s.stage_tokens for s in a] == [s.stage_tokens for s in b]
     assert [s.snapshot_confidence for s in a] == [s.snapshot_confidence for s in b]
-    assert all(p > 0 for s in a for p in s.cache_passes[:1]) or stages[0] == 32
+
+
+@pytest.mark.parametrize("prompt", [None, [3, 4, 5, 6, 7, 8, 9, 10, 11]])
+@pytest.mark.parametrize("block_size", [2, 4, 8])
+def test_a_finished_block_goes_to_the_cache_with_the_next_blocks_first_call(block_size, prompt):
+    """No pass only fills the cache: every call is a denoiser call, of the block's b rows,
+    except a block's first call, which carries ahead of it the clean positions that are not in
+    the cache yet (the block before; before the first block with masks, BOS and the prompt)."""
+    L, b = 32, block_size
+    model = MockDenoiser(L)
+    (s,) = run(SamplerConfig(stages=(b,), length=L), n=1, batch=1, model=model, prompt=prompt)
+    assert len(model.widths) == s.nfe[0]  # one call per NFE, none besides
+    first = (1 + len(prompt or [])) // b * b  # the first block with a masked position
+    expected = []
+    for start in range(first, L, b):
+        masked = b - max(0, 1 + len(prompt or []) - start)  # BOS and the prompt are given
+        carried = start if start == first else b  # the clean positions not yet cached
+        expected += [carried + b] + [b] * (masked - 1)
+    assert model.widths == expected
 
 
 @pytest.mark.parametrize("block_size", [2, 4, 16])
@@ -159,7 +180,6 @@ def test_every_position_filled_and_nfe_accounting():
     for s in run(cfg):
         assert all(MASK not in toks for toks in s.stage_tokens)
         assert s.nfe == [L - 1, 8, 16]  # every masked position once (BOS is given)
-        assert s.cache_passes == [L // 4 - 1, L // 16 - 1, 0]
         assert len(s.seconds) == 3 and s.tokens[0] == BOS
 
 
@@ -454,8 +474,8 @@ def test_retry_low_entropy_gives_up_after_ten_draws():
     with pytest.raises(DindError, match="sample 0: 10 stage-1 drafts") as e:
         sample(model, cfg, 1, 1, SW.BOS, SW.MASK)
     assert "\n" not in str(e.value)
-    # ten whole drafts (263 first-hitting calls and 65 cache-filling passes each), no more
-    assert model.calls == 10 * (263 + 264 // 4 - 1)
+    # ten whole drafts (263 first-hitting calls each, which also fill the cache), no more
+    assert model.calls == 10 * 263
 
 
 @pytest.mark.slow
@@ -548,13 +568,20 @@ def test_kv_cache_gives_the_tokens_of_recompute_past_the_context(
     model = random_dit(tiny_cfg)
     common = dict(stages=stages, remask=remask_ratios, length=32, seed=2, window_stride=stride,
                   remask_policy=policy)  # fmt: skip
-    a, b = (sample(model, SamplerConfig(**common, kv_cache=c), 2, 2, 31, 32) for c in (True, False))
+    cached = []
+    model.register_forward_pre_hook(
+        lambda m, args, kw: cached.append(kw.get("kv_cache") is not None), with_kwargs=True
+    )
+    a = sample(model, SamplerConfig(**common, kv_cache=True), 2, 2, 31, 32)
+    assert any(cached)
+    cached.clear()
+    b = sample(model, SamplerConfig(**common, kv_cache=False), 2, 2, 31, 32)
+    assert cached and not any(cached)
     for x, y in zip(a, b, strict=True):
         assert x.stage_tokens == y.stage_tokens and x.remasked == y.remasked
         assert torch.allclose(torch.tensor(x.snapshot_confidence),
                               torch.tensor(y.snapshot_confidence), rtol=1e-4)  # fmt: skip
         assert 32 not in x.tokens and len(x.tokens) == 32
-    assert a[0].cache_passes[0] > 0 and b[0].cache_passes[0] == 0
 
 
 def test_the_window_slides_only_past_the_context(tiny_cfg):
@@ -578,7 +605,7 @@ def test_inside_the_context_the_window_changes_nothing(stages, remask_ratios):
     for model, stride in ((MockDenoiser(128), None), (MockDenoiser(32), 1), (MockDenoiser(32), 32)):
         other = run(SamplerConfig(**base, window_stride=stride), model=model)
         assert [s.stage_tokens for s in other] == [s.stage_tokens for s in ref]
-        assert [s.cache_passes for s in other] == [s.cache_passes for s in ref]
+        assert [s.nfe for s in other] == [s.nfe for s in ref]
 
 
 def test_window_walk_nfe_and_spans():
@@ -634,7 +661,6 @@ def test_sampling_makes_nothing_off_the_tokens_device(tiny_cfg, kwargs):
     for other in (got, refined):
         assert [s.stage_tokens for s in other] == [s.stage_tokens for s in ref]
         assert [s.nfe for s in other] == [s.nfe for s in ref]
-        assert [s.cache_passes for s in other] == [s.cache_passes for s in ref]
 
 
 @pytest.mark.parametrize("sampler", ["first_hitting", "ancestral"])

@@ -36,7 +36,6 @@ def random_sample(rng: random.Random, index: int, L: int = 24, stages: int = 3) 
         s.snapshot_confidence.append([rng.random() for _ in range(L)])
         s.remasked.append(remasked)
         s.nfe.append(rng.randrange(1, 30))
-        s.cache_passes.append(rng.randrange(10))
         s.seconds.append(rng.random())
     return s
 

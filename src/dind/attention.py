@@ -55,13 +55,19 @@ def block_diff_mask(
 
 
 def block_causal_mask(
-    end: int, block_size: int, device: torch.device | str | None = None, start: int = 0
+    end: int,
+    block_size: int,
+    device: torch.device | str | None = None,
+    start: int = 0,
+    first_row: int | None = None,
 ) -> Tensor:
     """(T, T) M_BC over positions [start, end), T = end - start: a token sees its own block and
     every earlier one, blocks counted from position 0 (the x_0 corner of ``block_diff_mask`` of
-    length ``end``, without building the rest; a window may start inside a block)."""
+    length ``end``, without building the rest; a window may start inside a block). With
+    ``first_row``, only the rows of the queries [first_row, end): (end - first_row, T)."""
     idx = end + torch.arange(start, end, device=device)  # x_0 indices in x_t ⊕ x_0
-    return _block_diff_predicate(idx[:, None], idx[None, :], end, block_size)
+    rows = idx if first_row is None else end + torch.arange(first_row, end, device=device)
+    return _block_diff_predicate(rows[:, None], idx[None, :], end, block_size)
 
 
 def causal_mask(seq_len: int, device: torch.device | str | None = None) -> Tensor:

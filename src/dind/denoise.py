@@ -8,8 +8,9 @@ Design choices:
 - Past the model's context the view is a window: block [start, end) sees [end - C, end) of
   the sequence (C the context), with rotary positions counted from the window's start, as
   BD3-LM's sliding window does. A clean token's keys depend on where its window starts, so
-  when the window slides the cache is refilled with the new window's clean part in one pass
-  (``seek``): recomputing that window without a cache gives the same tokens.
+  when the window slides the cache is refilled with the new window's clean part (by the
+  block's first call, ``BlockView.cached_logits``): recomputing that window without a cache
+  gives the same tokens.
 - Randomness is per sample: row r draws its positions and its Gumbel noise from its own
   ``torch.Generator``, so sample i is the same whatever the batch it is drawn in.
 - Nucleus (top-p) draws, in float64, are ``dind.nucleus``'s; a call's many rows go through it
@@ -47,7 +48,7 @@ class BlockView:
     block_size: int
     cache: KVCache | None  # None: recompute the window on every call
     context: int | None = None  # the model's window; None: the whole sequence fits
-    held: tuple[int, int] = (0, 0)  # the positions whose keys/values the cache holds
+    held: tuple[int, int] = (0, 0)  # (its window's start, the end of what the cache holds)
     refresh: int | None = None  # approximate: a full pass every ``refresh`` calls (below)
     mask_id: int = -1  # which positions a full pass leaves to recompute (with ``refresh``)
     recompute: str = "masked"  # | "delayed" | "asked": what a call between full passes redoes
@@ -69,16 +70,44 @@ class BlockView:
     def logits(self, x: Tensor, start: int, end: int, index: Tensor | None = None) -> Tensor:
         """(B, end - start, V) logits for the block, or (B, k, V) at block offsets ``index``."""
         lo = self.window_start(end)
-        if self.cache is not None:  # the cache holds [lo, start): see ``seek``
-            pos = torch.arange(start - lo, end - lo, device=x.device)
-            return self.model(x[:, start:end], positions=pos, kv_cache=self.cache,
-                              logit_index=index)  # fmt: skip
+        if self.cache is not None:
+            return self.cached_logits(x, lo, start, end, index)
         mask = self.window_mask(lo, end, x.device)
         if self.refresh and mask is None and index is not None:
             return self.approximate_logits(x, lo, end, index + start - lo)
         if index is not None:
             return self.model(x[:, lo:end], mask=mask, logit_index=index + start - lo)
         return self.model(x[:, lo:end], mask=mask)[:, start - lo : end - lo]
+
+    @torch.no_grad()
+    def cached_logits(
+        self, x: Tensor, lo: int, start: int, end: int, index: Tensor | None
+    ) -> Tensor:
+        """The block's logits against the KV cache, which must hold its clean context [lo,
+        start). The cache holds [lo, h) (``held``); the clean positions [h, start) not in it
+        yet (the blocks finished since the last call, or the whole context when the window has
+        moved or the stage begins after a prompt) go through this same call, ahead of the
+        block, under the block-causal mask: their keys and values are written to the cache and
+        kept, and only the block's rows ask for logits. So filling the cache costs no pass of
+        its own: a stage-1 block of b positions costs b calls (one commit each), not b + 1."""
+        if self.held[0] != lo:  # the window moved: its clean part is recomputed
+            self.cache.reset()
+            self.held = (lo, lo)
+        h = self.held[1]
+        pos = torch.arange(h - lo, end - lo, device=x.device)
+        if h == start:  # nothing to add: the block alone, as every call after a block's first
+            return self.model(x[:, start:end], positions=pos, kv_cache=self.cache,
+                              logit_index=index)  # fmt: skip
+        mask = block_causal_mask(end, self.block_size, x.device, lo, first_row=h)
+        if index is None:
+            index = torch.arange(start - h, end - h, device=x.device).expand(x.shape[0], -1)
+        else:
+            index = index + (start - h)
+        out = self.model(x[:, h:end], positions=pos, mask=mask, kv_cache=self.cache,
+                         logit_index=index)  # fmt: skip
+        self.cache.advance(start - h)
+        self.held = (lo, start)
+        return out
 
     @torch.no_grad()
     def approximate_logits(self, x: Tensor, lo: int, end: int, index: Tensor) -> Tensor:
@@ -118,35 +147,6 @@ class BlockView:
                          logit_index=torch.searchsorted(rows, index))  # fmt: skip
         self.approx_state = (span, calls + 1)
         return out
-
-    @torch.no_grad()
-    def commit(self, x: Tensor, start: int, end: int) -> int:
-        """The cache-filling pass after block [start, end): append its keys and values while
-        the next block's window still starts at 0; returns the passes run (none once the
-        window slides: ``seek`` refills the cache for the next block that needs it)."""
-        if self.cache is None or self.window_start(end + self.block_size) > 0:
-            return 0
-        self.model(x[:, start:end], positions=torch.arange(start, end, device=x.device),
-                   kv_cache=self.cache, n_logits=0)  # fmt: skip
-        self.cache.advance(end - start)
-        self.held = (0, end)
-        return 1
-
-    @torch.no_grad()
-    def seek(self, x: Tensor, start: int, end: int) -> int:
-        """Make the cache hold block [start, end)'s clean context [lo, start): a no-op inside
-        the context; past it, one pass over that part of the window (a clean token's keys
-        depend on where its window starts). Returns the passes run."""
-        lo = self.window_start(end)
-        if self.cache is None or self.held == (lo, start):
-            return 0
-        self.cache.reset()
-        mask = block_causal_mask(start, self.block_size, x.device, lo)  # (start - lo, ...)
-        self.model(x[:, lo:start], positions=torch.arange(start - lo, device=x.device),
-                   mask=mask, kv_cache=self.cache, n_logits=0)  # fmt: skip
-        self.cache.advance(start - lo)
-        self.held = (lo, start)
-        return 1
 
 
 def masked_rows(masked: Tensor) -> Tensor:

@@ -1,10 +1,11 @@
 """A preallocated key/value cache for block-by-block sampling; the sampler owns it.
 
 Clean blocks only ever attend to earlier clean blocks, so their keys and values are fixed
-once the block is done: the sampler runs one cache-filling pass per finished block and then
-``advance``s. While a block is being denoised, each call writes that block's keys and values
-into the slot just past ``length`` (overwritten on the next call) and attends to
-``[0, length + T)``. Preallocation avoids re-copying the prefix on every denoiser call.
+once the block is done. A call writes the keys and values of its T rows just past ``length``
+and attends to ``[0, length + T)``; the caller then ``advance``s over the rows it keeps (the
+finished blocks a block's first call carries ahead of the block: ``dind.denoise.BlockView``),
+and the block's own rows are overwritten by the next call. Preallocation avoids re-copying
+the prefix on every denoiser call.
 """
 
 from __future__ import annotations

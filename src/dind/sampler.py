@@ -4,8 +4,9 @@ Stage 1 drafts the sequence block by block with a small block size; stage k > 1 
 the floor(gamma_k * L) lowest-confidence tokens of stage k-1's output and walks the sequence
 with a larger block size, so a stage whose block size is L is one bidirectional pass over the
 whole sequence. Inside every stage earlier blocks are clean context through an exact KV cache
-(one cache-filling pass per finished block, counted apart from NFEs; past the context, one
-refill per block the window moves to), and tokens that are not masked stay fixed. The
+(a finished block's keys and values are written by the next block's first denoiser call,
+which carries it ahead of the block: no pass of its own; past the context, that call
+recomputes the window's clean part), and tokens that are not masked stay fixed. The
 sampler owns the cache and the per-sample random generators; the in-block samplers live in
 ``dind.denoise``, the remasking policies in ``dind.remask``.
 
@@ -30,7 +31,7 @@ checked (``dind eval`` reports the rule on the final tokens). A redraw continues
 own generator, so it is deterministic and independent of the batch; a draft that passes at
 once is the draft drawn without the option. After ``MAX_DRAWS`` failed draws the run stops with
 a one-line error, as BD3-LM's does: a sample kept anyway would be one BD3-LM never reports.
-``nfe`` and ``cache_passes`` describe the kept draw; ``redraws`` says how many were thrown
+``nfe`` describes the kept draw; ``redraws`` says how many were thrown
 away, and ``seconds`` includes them.
 """
 
@@ -114,9 +115,9 @@ def run_stage(
     stride: int,
     refresh: int | None = None,
     recompute: str = "masked",
-) -> tuple[Tensor, Tensor]:
-    """One stage of Algorithm 1 over a batch, in place: returns (nfe, cache_passes) per row,
-    on the tokens' device (as every counter the in-block samplers add to).
+) -> Tensor:
+    """One stage of Algorithm 1 over a batch, in place: returns the NFEs per row, on the
+    tokens' device (as every counter the in-block samplers add to).
     ``window`` (at most L): the most positions a denoiser call sees; ``stride``: the step of
     the window walk of a block of at least the window. Under autocast (``dind.devices``) the
     KV cache holds keys and values at the autocast dtype, as the model computes them.
@@ -125,7 +126,6 @@ def run_stage(
     passes; None is exact."""
     B, L = x.shape
     nfe = torch.zeros(B, dtype=torch.long, device=x.device)
-    passes = torch.zeros(B, dtype=torch.long, device=x.device)
     cache = None
     if use_cache and block_size < window:
         cache = model.new_kv_cache(B, window, dtype=autocast_dtype(x.device))
@@ -133,11 +133,8 @@ def run_stage(
                      mask_id=settings.mask_id)  # fmt: skip
     for start, end in stage_spans(L, block_size, window, stride):
         if (x[:, start:end] == settings.mask_id).any():
-            passes += view.seek(x, start, end)
             denoise_block(view, x, conf, start, end, settings, generators, nfe)
-        if end < L:
-            passes += view.commit(x, start, end)
-    return nfe, passes
+    return nfe
 
 
 @torch.no_grad()
@@ -198,24 +195,23 @@ def sample_batch(
             x.scatter_(1, chosen, mask_id)
             chosen = chosen.tolist()
         stage = dataclasses.replace(settings, parallel=cfg.parallel_rule(k))
-        nfe, passes = run_stage(model, x, conf, block_size, stage, generators, cfg.kv_cache,
+        nfe = run_stage(model, x, conf, block_size, stage, generators, cfg.kv_cache,
                                 window, stride, cfg.refresh if k > 0 else None,
                                 cfg.recompute)  # fmt: skip
         if k == 0 and cfg.retry_low_entropy:
-            redraws = _redraw_low_entropy(model, x, conf, blank, nfe, passes, block_size,
+            redraws = _redraw_low_entropy(model, x, conf, blank, nfe, block_size,
                                           stage, generators, cfg.kv_cache, indices,
                                           window, stride)  # fmt: skip
             for s, n in zip(samples, redraws, strict=True):
                 s.redraws = n
         tokens, confidences = x.tolist(), conf.tolist()  # waits for a GPU's queued work
         seconds = (time.perf_counter() - t0) / B  # the batch's time, shared equally
-        calls, filled = (nfe + extra).tolist(), passes.tolist()
+        calls = (nfe + extra).tolist()
         for r, s in enumerate(samples):
             s.remasked.append([int(p) for p in chosen[r]])
             s.stage_tokens.append(tokens[r])
             s.snapshot_confidence.append(confidences[r])
             s.nfe.append(calls[r])
-            s.cache_passes.append(filled[r])
             s.seconds.append(seconds)
             s.rng_state = generators[r].get_state()
     return samples
@@ -223,7 +219,7 @@ def sample_batch(
 
 def _redraw_low_entropy(
     model: torch.nn.Module, x: Tensor, conf: Tensor, blank: tuple[Tensor, Tensor], nfe: Tensor,
-    passes: Tensor, block_size: int, settings: DenoiseSettings,
+    block_size: int, settings: DenoiseSettings,
     generators: list[torch.Generator], use_cache: bool, indices: list[int], window: int,
     stride: int,
 ) -> list[int]:  # fmt: skip
@@ -243,10 +239,10 @@ def _redraw_low_entropy(
             )
         rows = torch.tensor(failing, device=x.device)
         xs, cs = blank[0][rows], blank[1][rows]  # fresh copies (advanced indexing)
-        n, p = run_stage(model, xs, cs, block_size, settings, [generators[r] for r in failing],
+        n = run_stage(model, xs, cs, block_size, settings, [generators[r] for r in failing],
                          use_cache, window, stride)  # fmt: skip
         x[rows], conf[rows] = xs, cs
-        nfe[rows], passes[rows] = n, p  # the kept draw's counts (all on x's device)
+        nfe[rows] = n  # the kept draw's count (on x's device)
         for r in failing:
             redraws[r] += 1
         failing = [r for r in failing if bd3lm_rejects(x[r].tolist(), block_size)]

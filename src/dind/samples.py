@@ -4,8 +4,8 @@
 ``dind report``, the sweeps (``--samples-from``) and the demo read them through
 ``read_samples`` and, where the trajectory is needed, ``from_record``. A record holds the
 decoded text, the sampler settings that drew it, and the trajectory: each stage's tokens, the
-snapshot confidence of every token, the positions remasked before each stage, and the NFEs,
-cache passes and seconds of each stage. ``revisions`` is the one reading of a trajectory
+snapshot confidence of every token, the positions remasked before each stage, and the NFEs
+and seconds of each stage. ``revisions`` is the one reading of a trajectory
 that ``dind sample --show`` and ``dind report`` both render.
 """
 
@@ -36,7 +36,6 @@ class Sample:
     snapshot_confidence: list[list[float]] = field(default_factory=list)
     remasked: list[list[int]] = field(default_factory=list)
     nfe: list[int] = field(default_factory=list)
-    cache_passes: list[int] = field(default_factory=list)
     seconds: list[float] = field(default_factory=list)
     redraws: int | None = None
     """Stage-1 drafts thrown away by ``retry_low_entropy``; None when the option is off."""
@@ -49,7 +48,7 @@ class Sample:
         return self.stage_tokens[-1]
 
 
-TRAJECTORY = ("stage_tokens", "snapshot_confidence", "remasked", "nfe", "cache_passes", "seconds")
+TRAJECTORY = ("stage_tokens", "snapshot_confidence", "remasked", "nfe", "seconds")
 
 
 def to_record(s: Sample, tokenizer, cfg: SamplerConfig) -> dict[str, Any]:
@@ -74,7 +73,9 @@ def to_record(s: Sample, tokenizer, cfg: SamplerConfig) -> dict[str, Any]:
 
 
 def from_record(record: dict[str, Any]) -> Sample:
-    """The ``Sample`` a record was written from (its generator state is not saved)."""
+    """The ``Sample`` a record was written from (its generator state is not saved). Keys it
+    does not know are ignored (older files also hold ``cache_passes``, no longer recorded:
+    the cache is filled inside denoiser calls, ``dind.denoise.BlockView.cached_logits``)."""
     missing = [k for k in ("index", "seed", *TRAJECTORY) if k not in record]
     if missing:
         raise DindError(f"a sample record without its trajectory ({', '.join(missing)})")
