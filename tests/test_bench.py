@@ -69,6 +69,17 @@ def test_bench_ratios_need_their_baseline():
     assert _sample_ratios(figures, (1,))["batch1:two_stages_over_its_stage1"] == 1.5
 
 
+def test_bench_ratios_give_every_batch_over_batch_1():
+    def fig(tokens_per_s):
+        return {"stage1_cache": {"seconds_per_sample": 1.0, "tokens_per_s": tokens_per_s}}
+
+    figures = {"batch1": fig(10.0), "batch16": fig(45.0), "batch32": fig(70.0)}
+    ratios = _sample_ratios(figures, (1, 16, 32))
+    assert ratios["stage1_cache:tokens_per_s_batch16_over_batch1"] == pytest.approx(4.5)
+    assert ratios["stage1_cache:tokens_per_s_batch32_over_batch1"] == pytest.approx(7.0)
+    assert not any("over_batch1" in k for k in _sample_ratios({"batch16": fig(1.0)}, (16,)))
+
+
 @pytest.mark.parametrize(
     "kwargs, message",
     [

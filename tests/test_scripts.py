@@ -218,3 +218,28 @@ def test_time_refinement_times_the_stage_it_names(tmp_path):
                           "--refresh", "4", "--recompute", "late"],
                          capture_output=True, text=True, cwd=REPO, timeout=300)  # fmt: skip
     assert bad.returncode != 0 and "error: recompute must be one of" in bad.stderr
+
+
+@pytest.mark.slow
+def test_the_gpu_runbook_script_runs_every_step_on_the_cpu(tmp_path):
+    """dev/gpu_issue13.sh, the one device call of issue 13's GPU figures, dry-run at a tiny
+    size: every step runs and writes its figures, so device minutes are not spent on a typo."""
+    out = tmp_path / "g13"
+    env = {**os.environ, "PRESET": "tiny", "L": "32", "OUT": str(out), "PY": sys.executable,
+           "SKIP_WHEELS": "1"}  # fmt: skip
+    res = subprocess.run(["bash", str(REPO / "dev" / "gpu_issue13.sh")], capture_output=True,
+                         text=True, env=env, cwd=REPO, timeout=600)  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    log = (out / "log.txt").read_text()
+    assert "row 1: the GPU-marked tests" in log and log.rstrip().endswith("done")
+    bench = json.loads((out / "bench-sample.json").read_text())
+    assert set(bench["figures"]) == {"batch1", "batch16", "batch32"}
+    assert set(bench["figures"]["batch32"]) == {"ar_cache", "stage1_cache", "two_stages_parallel"}
+    assert "stage1_cache:tokens_per_s_batch16_over_batch1" in bench["ratios"]
+    assert "batch32:two_stages_parallel_over_its_stage1" in bench["ratios"]
+    ceiling = json.loads((out / "call-ceiling.json").read_text())
+    assert set(ceiling["gain"]) == {"fp32", "bf16"} and set(ceiling["gain"]["bf16"]) == {
+        "1",
+        "16",
+        "32",
+    }

@@ -206,7 +206,7 @@ def bench_sample(
 
 def _sample_ratios(figures: dict, batch_sizes: tuple[int, ...]) -> dict[str, float]:
     """The targets' ratios (issue 13) of whatever was timed: wall clock against stage 1 with
-    the cache per batch size, and the tokens per second of the largest batch over batch 1."""
+    the cache per batch size, and the tokens per second of every larger batch over batch 1."""
     out = {}
     for key, per in figures.items():
         base = per.get("stage1_cache", {}).get("seconds_per_sample")
@@ -216,11 +216,11 @@ def _sample_ratios(figures: dict, batch_sizes: tuple[int, ...]) -> dict[str, flo
             stages = per.get(name, {}).get("stage_seconds_per_sample")
             if stages:  # within one run: no second run of stage 1 to subtract
                 out[f"{key}:{name}_over_its_stage1"] = sum(stages) / stages[0]
-    big, one = f"batch{max(batch_sizes)}", "batch1"
-    if big != one and one in figures:
+    one = figures.get("batch1", {})
+    for big in (f"batch{b}" for b in sorted(batch_sizes) if b > 1):
         for name, fig in figures[big].items():
-            if name in figures[one]:
+            if name in one:
                 out[f"{name}:tokens_per_s_{big}_over_batch1"] = (
-                    fig["tokens_per_s"] / figures[one][name]["tokens_per_s"]
+                    fig["tokens_per_s"] / one[name]["tokens_per_s"]
                 )
     return out

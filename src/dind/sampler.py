@@ -195,13 +195,12 @@ def sample_batch(
             x.scatter_(1, chosen, mask_id)
             chosen = chosen.tolist()
         stage = dataclasses.replace(settings, parallel=cfg.parallel_rule(k))
-        nfe = run_stage(model, x, conf, block_size, stage, generators, cfg.kv_cache,
-                                window, stride, cfg.refresh if k > 0 else None,
-                                cfg.recompute)  # fmt: skip
+        nfe = run_stage(model, x, conf, block_size, stage, generators, cfg.kv_cache, window,
+                        stride, cfg.refresh if k > 0 else None, cfg.recompute)  # fmt: skip
         if k == 0 and cfg.retry_low_entropy:
-            redraws = _redraw_low_entropy(model, x, conf, blank, nfe, block_size,
-                                          stage, generators, cfg.kv_cache, indices,
-                                          window, stride)  # fmt: skip
+            redraws = _redraw_low_entropy(model, x, conf, blank, nfe, block_size, stage,
+                                          generators, cfg.kv_cache, indices, window,
+                                          stride)  # fmt: skip
             for s, n in zip(samples, redraws, strict=True):
                 s.redraws = n
         tokens, confidences = x.tolist(), conf.tolist()  # waits for a GPU's queued work
@@ -219,9 +218,8 @@ def sample_batch(
 
 def _redraw_low_entropy(
     model: torch.nn.Module, x: Tensor, conf: Tensor, blank: tuple[Tensor, Tensor], nfe: Tensor,
-    block_size: int, settings: DenoiseSettings,
-    generators: list[torch.Generator], use_cache: bool, indices: list[int], window: int,
-    stride: int,
+    block_size: int, settings: DenoiseSettings, generators: list[torch.Generator],
+    use_cache: bool, indices: list[int], window: int, stride: int,
 ) -> list[int]:  # fmt: skip
     """Draw stage 1 again, in place, for every row whose draft fails BD3-LM's rule, until all
     pass; returns the redraws per row. Only the failing rows are redrawn, each from its own
@@ -239,10 +237,11 @@ def _redraw_low_entropy(
             )
         rows = torch.tensor(failing, device=x.device)
         xs, cs = blank[0][rows], blank[1][rows]  # fresh copies (advanced indexing)
-        n = run_stage(model, xs, cs, block_size, settings, [generators[r] for r in failing],
-                         use_cache, window, stride)  # fmt: skip
+        # the kept draw's count (on x's device)
+        nfe[rows] = run_stage(model, xs, cs, block_size, settings,
+                              [generators[r] for r in failing], use_cache, window,
+                              stride)  # fmt: skip
         x[rows], conf[rows] = xs, cs
-        nfe[rows] = n  # the kept draw's count (on x's device)
         for r in failing:
             redraws[r] += 1
         failing = [r for r in failing if bd3lm_rejects(x[r].tolist(), block_size)]
