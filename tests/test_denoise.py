@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from dind.nucleus import nucleus_keep, nucleus_sample
+from dind.nucleus import exponential_noise, nucleus_keep, nucleus_sample
 
 
 def _support(probs: list[float], top_p: float, rule: str, draws: int = 400) -> set[int]:
@@ -54,6 +54,21 @@ def test_top_p_one_samples_the_full_distribution():
         assert _support(probs, 1.0, rule, draws=2000) == {0, 1, 2, 3}
     with pytest.raises(ValueError, match="unknown nucleus rule"):
         nucleus_keep(torch.tensor([1.0], dtype=torch.float64), 0.5, "topk")
+
+
+def test_exponential_noise_is_exponential_s_stream():
+    """Row n is what ``exponential_`` draws from generator n (to the last bit but one), and
+    each generator ends where ``exponential_`` leaves it, so later draws are the same too."""
+    V = 5000
+    ours = [torch.Generator().manual_seed(s) for s in (3, 4, 5)]
+    theirs = [torch.Generator().manual_seed(s) for s in (3, 4, 5)]
+    for _ in range(2):
+        noise = exponential_noise(torch.empty(3, V, dtype=torch.float64), ours)
+        ref = torch.stack([torch.empty(V, dtype=torch.float64).exponential_(generator=g)
+                           for g in theirs])  # fmt: skip
+        torch.testing.assert_close(noise, ref, rtol=4e-16, atol=0)
+        assert noise.min() > 0
+    assert all(torch.equal(a.get_state(), b.get_state()) for a, b in zip(ours, theirs, strict=True))
 
 
 def _reference_sample(probs, top_p, generator, rule):

@@ -69,6 +69,19 @@ def in_nucleus(probs: Tensor, tokens: Tensor, top_p: float, rule: str = "bd3lm")
     return ~ahead.any(-1) | _rule_keeps(mass, mass + p[:, 0], top_p, rule)
 
 
+def exponential_noise(like: Tensor, generators: list[torch.Generator]) -> Tensor:
+    """Exp(1) noise shaped as ``like`` (N, V), row n from ``generators[n]``: each row's
+    uniforms drawn in place from its generator, then -log(1 - u) over all rows at once. On the
+    CPU this is ``exponential_``'s own stream and formula (``log1p(-u)``, to the last bit but
+    one: its log is scalar, this one vectorized), at a third of the time: ``exponential_``
+    runs one scalar log per token on one thread, 0.75 ms for GPT-2's vocabulary. An exact 0
+    (u = 0, one in 2^53) becomes the smallest positive float, so no ratio is 0 / 0."""
+    u = torch.empty_like(like)  # each row filled in place: no stacked copy of N x V
+    for row, g in zip(u, generators, strict=True):
+        row.uniform_(generator=g)
+    return torch.log1p(u.neg_(), out=u).neg_().clamp_(min=torch.finfo(u.dtype).tiny)
+
+
 def draw(
     probs: Tensor,
     top_p: float,
@@ -87,9 +100,7 @@ def draw(
     whole vocabulary is the nucleus's winner whenever it lies in the nucleus (renormalizing
     scales every ratio alike), which ``in_nucleus`` checks; only the other rows (about 1 -
     top_p of them) are sorted. The same tokens, up to a rounding tie between two ratios."""
-    noise = torch.empty_like(probs)  # each row filled in place: no stacked copy of N x V
-    for row, g in zip(noise, generators, strict=True):
-        row.exponential_(generator=g)
+    noise = exponential_noise(probs, generators)
     if nucleus_p:
         p = nucleus_probs(probs, top_p, rule)
         tokens = (p / noise).argmax(-1)
