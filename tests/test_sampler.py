@@ -103,16 +103,22 @@ def test_a_finished_block_goes_to_the_cache_with_the_next_blocks_first_call(bloc
     assert model.widths == expected
 
 
+@pytest.mark.parametrize("prompt", [None, [5, 6, 7, 8, 9, 10]])
 @pytest.mark.parametrize("block_size", [2, 4, 16])
-def test_kv_cache_exact_with_arandom_dit(tiny_cfg, block_size):
+def test_kv_cache_exact_with_arandom_dit(tiny_cfg, block_size, prompt):
+    """A real model: the cache (filled by each block's first call, a prompt with the first
+    block that has masks) gives the tokens of recomputing the prefix on every call."""
     model = random_dit(tiny_cfg)
-    outs = [
-        sample(
-            model, SamplerConfig(stages=(block_size,), length=16, kv_cache=c, seed=2), 2, 2, 31, 32
-        )  # fmt: skip
+    cached, recomputed = (
+        sample(model, SamplerConfig(stages=(block_size,), length=16, kv_cache=c, seed=2,
+                                    top_p=1.0), 2, 2, 31, 32, prompt)
         for c in (True, False)
-    ]
-    assert outs[0][0].tokens == outs[1][0].tokens and outs[0][1].tokens == outs[1][1].tokens
+    )  # fmt: skip
+    assert [s.tokens for s in cached] == [s.tokens for s in recomputed]
+    assert cached[0].tokens != cached[1].tokens  # two samples, not one twice
+    for a, b in zip(cached, recomputed, strict=True):  # the context each call saw, too
+        conf_a, conf_b = torch.tensor(a.snapshot_confidence), torch.tensor(b.snapshot_confidence)
+        torch.testing.assert_close(conf_a, conf_b, rtol=1e-5, atol=1e-7)
 
 
 def test_gamma_zero_changes_nothing():
