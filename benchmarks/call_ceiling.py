@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from dind.attention import block_causal_mask
-from dind.bench import random_model
+from dind.bench import batching_gain, random_model
 from dind.cli_options import parse_list
 from dind.config import SamplerConfig
 from dind.devices import default_device, sampling_precision, synchronize
@@ -50,7 +50,7 @@ batches = parse_list(args.batches, int, "--batches")
 dtypes = parse_list(args.dtypes, str, "--dtypes")
 b, L = SamplerConfig().stages[0], args.length
 bad_dtypes = not dtypes or any(d not in ("fp32", "bf16") for d in dtypes)
-if not batches or min(batches) <= 0 or bad_dtypes or args.points < 2 or L % b or L < 2 * b:
+if not batches or min(batches) <= 0 or bad_dtypes or args.points < 2 or L % b or 2 * b > L:
     raise SystemExit(f"error: --batches positive, --dtypes fp32 and/or bf16, --points at least "
                      f"2, --length a multiple of {b} (at least {2 * b})")  # fmt: skip
 if args.out:
@@ -100,8 +100,7 @@ with torch.no_grad():
         with sampling_precision(device, name):
             each = {B: [block_seconds(B, int(s), dtype) for s in starts] for B in batches}
         stage = {B: float(np.interp(blocks, starts, t).sum()) for B, t in each.items()}
-        ref = batches[0]
-        gain = {B: (B / ref) * stage[ref] / stage[B] for B in batches}
+        gain = batching_gain(stage)
         figures["block_s"][name] = {str(B): t for B, t in each.items()}
         figures["stage_s"][name] = {str(B): s for B, s in stage.items()}
         figures["gain"][name] = {str(B): g for B, g in gain.items()}

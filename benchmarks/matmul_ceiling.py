@@ -22,6 +22,7 @@ import time
 
 import torch
 
+from dind.bench import batching_gain
 from dind.cli_options import parse_list
 from dind.config import SamplerConfig, preset
 from dind.utils import check_writable_file, write_json
@@ -76,8 +77,7 @@ with torch.no_grad():
         dtype = PRECISIONS[name]
         each = {b: [seconds(i, o, r * b, dtype) for i, o, r, _ in layers] for b in batches}
         call = {b: sum(n * t for (*_, n), t in zip(layers, each[b], strict=True)) for b in batches}
-        ref = batches[0]
-        gain = {b: (b / ref) * call[ref] / call[b] for b in batches}
+        gain = batching_gain(call)
         figures["layer_s"][name] = {str(b): t for b, t in each.items()}
         figures["call_s"][name] = {str(b): s for b, s in call.items()}
         figures["gain"][name] = {str(b): g for b, g in gain.items()}

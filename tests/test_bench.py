@@ -5,7 +5,7 @@ import struct
 
 import pytest
 
-from dind.bench import _sample_ratios, bench_sample
+from dind.bench import _sample_ratios, batching_gain, bench_sample
 from dind.config import SAMPLE_SETTINGS
 from dind.errors import DindError
 from dind.plots import plot_gamma, plot_nfe
@@ -67,6 +67,12 @@ def test_bench_ratios_need_their_baseline():
     assert _sample_ratios(figures, (1,)) == {"batch1:two_stages_over_stage1_cache": 4.0}
     figures["batch1"]["two_stages"]["stage_seconds_per_sample"] = [0.5, 0.25]
     assert _sample_ratios(figures, (1,))["batch1:two_stages_over_its_stage1"] == 1.5
+
+
+def test_batching_gain_is_throughput_over_the_first_batch_size():
+    # batch 1 in 2 s; batch 16 in 8 s: 16 samples in 4x the time, 4x the throughput
+    assert batching_gain({1: 2.0, 16: 8.0, 32: 20.0}) == pytest.approx({1: 1.0, 16: 4.0, 32: 3.2})
+    assert batching_gain({4: 1.0, 8: 1.0}) == pytest.approx({4: 1.0, 8: 2.0})
 
 
 def test_bench_ratios_give_every_batch_over_batch_1():

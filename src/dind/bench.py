@@ -204,6 +204,14 @@ def bench_sample(
     }
 
 
+def batching_gain(seconds: dict[int, float]) -> dict[int, float]:
+    """Each batch size's throughput over the first one's, from the seconds a batch of each takes
+    for the same work per sample: (B / B0) * t(B0) / t(B). The ceilings' scripts
+    (benchmarks/matmul_ceiling.py, call_ceiling.py) state their gains in it."""
+    ref = next(iter(seconds))
+    return {b: (b / ref) * seconds[ref] / t for b, t in seconds.items()}
+
+
 def _sample_ratios(figures: dict, batch_sizes: tuple[int, ...]) -> dict[str, float]:
     """The targets' ratios (issue 13) of whatever was timed: wall clock against stage 1 with
     the cache per batch size, and the tokens per second of every larger batch over batch 1."""
