@@ -273,7 +273,7 @@ def test_refresh_one_is_the_exact_sampler_and_refresh_applies_after_stage_one():
     assert [s.stage_tokens[0] for s in far] == [s.stage_tokens[0] for s in exact]
     with pytest.raises(DindError, match="refresh must be at least 1"):
         SamplerConfig(stages=(4, 32), remask=(0.5,), length=32, refresh=0)
-    with pytest.raises(DindError, match="first-hitting"):
+    with pytest.raises(DindError, match="refresh is for the first-hitting sampler, not anc"):
         SamplerConfig(stages=(4, 32), remask=(0.5,), length=32, refresh=2, sampler="ancestral")
 
 

@@ -356,9 +356,11 @@ class SamplerConfig:
             raise DindError(f"window stride must be positive, got {self.window_stride}")
         if not self.stages:
             raise DindError("at least one stage is needed")
-        if self.refresh is not None and (self.refresh < 1 or self.sampler != "first_hitting"):
-            raise DindError(f"refresh must be at least 1, for the first-hitting sampler: got "
-                            f"{self.refresh} with {self.sampler}")  # fmt: skip
+        if self.refresh is not None and self.refresh < 1:
+            raise DindError(f"refresh must be at least 1 (a full pass every R calls), got "
+                            f"{self.refresh}")  # fmt: skip
+        if self.refresh is not None and self.sampler != "first_hitting":
+            raise DindError(f"refresh is for the first-hitting sampler, not {self.sampler}")
         if any(b <= 0 for b in self.stages):
             raise DindError(f"stage block sizes must be positive: {list(self.stages)}")
         if any(b > c for b, c in zip(self.stages, self.stages[1:], strict=False)):
