@@ -330,8 +330,7 @@ class SamplerConfig:
     seed: int = 0
     """Sample i draws from its own generator seeded from (seed, i)."""
     retry_low_entropy: bool = False
-    """BD3-LM's protocol: redraw a stage-1 draft that fails its low-entropy rule (a 256-token
-    window below 4 nats of unigram entropy), at most 10 draws (``dind.sampler.MAX_DRAWS``)."""
+    """BD3-LM's protocol: redraw a stage-1 draft that fails its low-entropy rule (dind.sampler)."""
     window_stride: int | None = None
     """Past the model's context: the step between the windows of a stage whose block is at
     least the context, in 1..context (default: half of it)."""
@@ -357,8 +356,7 @@ class SamplerConfig:
         if not self.stages:
             raise DindError("at least one stage is needed")
         if self.refresh is not None and self.refresh < 1:
-            raise DindError(f"refresh must be at least 1 (a full pass every R calls), got "
-                            f"{self.refresh}")  # fmt: skip
+            raise DindError(f"refresh must be at least 1, got {self.refresh}")
         if self.refresh is not None and self.sampler != "first_hitting":
             raise DindError(f"refresh is for the first-hitting sampler, not {self.sampler}")
         if any(b <= 0 for b in self.stages):
